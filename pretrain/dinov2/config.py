@@ -84,6 +84,9 @@ class TrainCfg:
     max_skipped_images: float = 0.01  # abort when more than this fraction (<1) or count (>=1) is unreadable
     compile: bool = False
     deterministic: bool = False
+    # stop (after checkpointing) when this iteration is reached, exactly as on a preemption signal; -1 = never.
+    # Used by tests and to split a run into chunks; rerunning the same command resumes.
+    stop_at_iteration: int = -1
 
 
 @dataclass

@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""k-NN evaluation of a frozen encoder (DINOv2 protocol: cosine similarity, T=0.07 weighted vote).
+
+    python launchers/eval_knn.py --arch vit_small --arch-kwargs patch_size=14 img_size=518 \
+        --weights dinov2_vits14_pretrain.pth --train-dataset imagenet:root=/data/in1k:split=train \
+        --test-dataset imagenet:root=/data/in1k:split=val --output-dir out/knn --ngpus 8
+
+Runs locally in ``--nodes x --ngpus`` processes (gloo on CPU) or on Slurm, like training.
+Results: ``<output-dir>/results_eval_knn.json`` (one JSON line per run).
+"""
+import argparse
+import sys
+
+from eval.knn import add_knn_args, main as knn_main
+from pretrain.launch import add_launcher_args, launch
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_launcher_args(parser)
+    return add_knn_args(parser)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    return launch(knn_main, args)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,103 @@
+"""DINO / iBOT projection head: MLP -> L2-normalise -> unit-norm prototypes.
+
+The prototypes ("last layer") are a bias-free linear map whose weight rows are re-normalised to unit length in
+every forward pass. This is exactly DINOv2's ``weight_norm(Linear)`` with the magnitude ``weight_g`` frozen at 1
+(``w = g * v / ||v||`` with ``g = 1``), but it stores one plain parameter ``last_layer.weight`` (the direction
+``v``), so FSDP2 ``fully_shard`` and DCP state dicts see an ordinary tensor. Reference checkpoints that carry
+``last_layer.weight_g`` / ``last_layer.weight_v`` (or the parametrisation keys
+``last_layer.parametrizations.weight.original0/1``) are converted on load.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _l2_eps(dtype: torch.dtype) -> float:
+    # as the reference: 1e-6 keeps the eps representable in half precision
+    return 1e-6 if dtype in (torch.float16, torch.bfloat16) else 1e-12
+
+
+class PrototypeLayer(nn.Module):
+    """``y = x @ normalize(weight, dim=1).T``: a bias-free Linear whose rows always have unit L2 norm."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_features, self.out_features = in_dim, out_dim
+        # nn.Linear's default (kaiming-uniform) init, as the reference which builds the prototypes after its
+        # trunc_normal init pass; only the direction of each row matters.
+        self.weight = nn.Parameter(nn.Linear(in_dim, out_dim, bias=False).weight.detach().clone())
+
+    def normalized_weight(self) -> torch.Tensor:
+        return F.normalize(self.weight, dim=1, eps=_l2_eps(self.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.normalized_weight())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # accept torch.nn.utils.weight_norm / parametrizations.weight_norm layouts (magnitude must be 1)
+        for g_key, v_key in ((prefix + "weight_g", prefix + "weight_v"),
+                             (prefix + "parametrizations.weight.original0",
+                              prefix + "parametrizations.weight.original1")):
+            if v_key in state_dict and prefix + "weight" not in state_dict:
+                v = state_dict.pop(v_key)
+                g = state_dict.pop(g_key, None)
+                if g is not None and not torch.allclose(g.float(), torch.ones_like(g, dtype=torch.float32)):
+                    v = v * (g / v.norm(dim=1, keepdim=True).clamp_min(1e-12))  # effective weight
+                state_dict[prefix + "weight"] = v
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, unit_norm_rows=True"
+
+
+def _build_mlp(nlayers: int, in_dim: int, bottleneck_dim: int, hidden_dim: int, use_bn: bool,
+               bias: bool) -> nn.Sequential:
+    if nlayers == 1:
+        return nn.Sequential(nn.Linear(in_dim, bottleneck_dim, bias=bias))
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=bias)]
+    for _ in range(nlayers - 2):
+        if use_bn:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers += [nn.GELU(), nn.Linear(hidden_dim, hidden_dim, bias=bias)]
+    if use_bn:
+        layers.append(nn.BatchNorm1d(hidden_dim))
+    layers += [nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim, bias=bias)]
+    return nn.Sequential(*layers)
+
+
+class DINOHead(nn.Module):
+    """MLP (``nlayers`` Linear layers with GELU) -> L2 normalise -> ``out_dim`` unit-norm prototypes.
+
+    Parameter names follow DINOv2 (``mlp.<i>.weight``, ``last_layer.weight``) so reference heads load.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, use_bn: bool = False, nlayers: int = 3, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256, mlp_bias: bool = True):
+        super().__init__()
+        if nlayers < 1:
+            raise ValueError(f"DINOHead needs nlayers >= 1 (dino.head_n_layers / ibot.head_n_layers), got {nlayers}")
+        for key, v in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden_dim", hidden_dim),
+                       ("bottleneck_dim", bottleneck_dim)):
+            if int(v) <= 0:
+                raise ValueError(f"DINOHead {key} must be a positive int, got {v}")
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.mlp = _build_mlp(nlayers, in_dim, bottleneck_dim, hidden_dim, use_bn, mlp_bias)
+        self.mlp.apply(self._init_weights)
+        self.last_layer = PrototypeLayer(bottleneck_dim, out_dim)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"DINOHead expects inputs [..., {self.in_dim}] (backbone embed_dim), "
+                             f"got {tuple(x.shape)}")
+        x = self.mlp(x)
+        x = F.normalize(x, dim=-1, p=2, eps=_l2_eps(x.dtype))
+        return self.last_layer(x)

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pretrain.dinov2.heads import DINOHead
+
+
+def test_shapes_names_and_unit_prototypes():
+    torch.manual_seed(0)
+    head = DINOHead(16, 50, nlayers=3, hidden_dim=24, bottleneck_dim=8)
+    y = head(torch.randn(5, 16))
+    assert y.shape == (5, 50)
+    names = dict(head.named_parameters())
+    assert "last_layer.weight" in names and names["last_layer.weight"].shape == (50, 8)
+    assert sorted(n for n in names if n.startswith("mlp")) == sorted(
+        ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight", "mlp.4.bias"])
+    # scale the raw weight: the effective prototypes keep unit-norm rows and the output does not change
+    w = head.last_layer.normalized_weight().detach().numpy()
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, atol=1e-6)
+    x = torch.randn(5, 16)
+    before = head(x).detach()
+    with torch.no_grad():
+        head.last_layer.weight.mul_(7.0)
+    torch.testing.assert_close(head(x).detach(), before)
+
+
+def test_matches_naive_forward():
+    torch.manual_seed(1)
+    head = DINOHead(6, 11, nlayers=2, hidden_dim=9, bottleneck_dim=4)
+    x = torch.randn(3, 6)
+    W0, b0 = head.mlp[0].weight.detach().numpy(), head.mlp[0].bias.detach().numpy()
+    W1, b1 = head.mlp[2].weight.detach().numpy(), head.mlp[2].bias.detach().numpy()
+    V = head.last_layer.weight.detach().numpy()
+    from scipy.special import erf
+    h = x.numpy() @ W0.T + b0
+    h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+    z = h @ W1.T + b1
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    ref = z @ (V / np.linalg.norm(V, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(head(x).detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+    # |output| <= 1: cosine between unit bottleneck and unit prototypes
+    assert np.abs(ref).max() <= 1 + 1e-6
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+def test_equivalent_to_weight_norm_and_loads_reference_keys():
+    torch.manual_seed(2)
+    ref = nn.utils.weight_norm(nn.Linear(4, 7, bias=False))
+    ref.weight_g.data.fill_(1)
+    head = DINOHead(5, 7, nlayers=1, bottleneck_dim=4)
+    sd = {k: v for k, v in head.state_dict().items() if not k.startswith("last_layer")}
+    sd["last_layer.weight_g"] = ref.weight_g.detach().clone()
+    sd["last_layer.weight_v"] = ref.weight_v.detach().clone()
+    head.load_state_dict(sd, strict=True)
+    z = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    torch.testing.assert_close(head.last_layer(z), ref(z))
+    # gradient w.r.t. the direction also matches weight_norm with a frozen magnitude
+    head.last_layer(z).sum().backward()
+    ref(z).sum().backward()
+    torch.testing.assert_close(head.last_layer.weight.grad, ref.weight_v.grad)
+
+
+def test_bad_input_dim_errors():
+    head = DINOHead(8, 10, hidden_dim=8, bottleneck_dim=4)
+    with pytest.raises(ValueError, match="embed_dim"):
+        head(torch.randn(2, 9))
