@@ -65,3 +65,52 @@ def test_bad_input_dim_errors():
     head = DINOHead(8, 10, hidden_dim=8, bottleneck_dim=4)
     with pytest.raises(ValueError, match="embed_dim"):
         head(torch.randn(2, 9))
+
+
+def _fsdp2_worker(rank, world, port, ckpt_dir):
+    import os
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        head = DINOHead(8, 12, hidden_dim=16, bottleneck_dim=4)
+        ref = DINOHead(8, 12, hidden_dim=16, bottleneck_dim=4)
+        ref.load_state_dict(head.state_dict())
+        fully_shard(head.last_layer)
+        fully_shard(head)
+        x = torch.randn(3, 8)
+        y = head(x)
+        torch.testing.assert_close(y, ref(x))
+        y.sum().backward()
+        assert head.last_layer.weight.grad is not None
+        sd = get_model_state_dict(head)
+        assert "last_layer.weight" in sd
+        dcp.save(sd, checkpoint_id=ckpt_dir)
+        with torch.no_grad():
+            head.last_layer.weight.zero_()
+        sd = get_model_state_dict(head)
+        dcp.load(sd, checkpoint_id=ckpt_dir)
+        set_model_state_dict(head, sd)
+        torch.testing.assert_close(head(x), ref(x))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_fully_shard_and_dcp_roundtrip(tmp_path):
+    import socket
+
+    import torch.distributed.checkpoint  # noqa: F401  imported before fork so the children share it
+    import torch.distributed.checkpoint.state_dict  # noqa: F401
+    import torch.distributed.fsdp  # noqa: F401
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_fsdp2_worker, args=(2, port, str(tmp_path / "ckpt")), nprocs=2, join=True,
+                       start_method="fork")

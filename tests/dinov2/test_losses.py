@@ -192,7 +192,6 @@ def test_koleo_duplicates_are_finite(dtype):
     assert torch.isfinite(out)
     # the duplicate pair contributes -log(2 eps) each (eps=1e-8), the others their true NN distance
     np.testing.assert_allclose(out.item(), naive_koleo(x.detach().float().numpy()), rtol=1e-4)
-    assert out.item() > -np.log(2e-8) * 2 / 6
     out.backward()
     assert torch.isfinite(x.grad).all()
     x2 = torch.randn(4, 8)
@@ -246,7 +245,8 @@ def _free_port():
 
 
 def test_two_ranks_use_global_statistics(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the children reuse the already-imported torch (spawn would re-import it: ~10 s on 2 busy cores)
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     a, b = _data()
     one = DINOLoss(5)
