@@ -75,7 +75,8 @@ def get_params_groups(model: nn.Module, lr_decay_rate: float = 1.0, patch_embed_
                 if any(sub == n or sub.startswith(n + ".") for n in nowd):
                     wd_mult = 0.0
             break
-        if name.endswith(".bias") or "norm" in name or "gamma" in name:
+        # no decay on biases, norms and LayerScale (``gamma``; the octic LayerScaleD8 stores ``ls1.alpha_*``)
+        if name.endswith(".bias") or "norm" in name or "gamma" in name or ".ls1." in name or ".ls2." in name:
             wd_mult = 0.0
         if "patch_embed" in name:
             lr_mult *= patch_embed_lr_mult
