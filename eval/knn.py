@@ -169,7 +169,7 @@ def main(args) -> dict:
     results = {"full": knn_accuracy(test_feats, test_labels, tr_feat, tr_idx, train_labels, args.ks, **kw)}
     for n in args.n_per_class:
         tries = [knn_accuracy(test_feats, test_labels, tr_feat, tr_idx, train_labels,
-                              [k for k in args.ks if k <= n * num_classes] or [1],
+                              args.ks,
                               allowed=few_shot_mask(train_labels, n, seed=t), **kw) for t in range(args.n_tries)]
         results[f"{n}-shot"] = {k: {m: sum(t[k][m] for t in tries) / len(tries) for m in ("top1", "top5")}
                                 for k in tries[0]}
