@@ -126,7 +126,16 @@ class SSLMetaArch(nn.Module):
             patch_probs = (self.ibot_patch_loss.sinkhorn_knopp_teacher(patch_logits, teacher_temp, n_valid=n_masked)
                            if self.do_ibot else None)
         assert cls_probs.shape[0] == n_cls
+        self._reshard(self.teacher)  # SHARD_GRAD_OP keeps the gathered teacher weights otherwise (no backward)
         return cls_probs, patch_probs
+
+    @staticmethod
+    def _reshard(module: nn.Module):
+        from torch.distributed.fsdp import FSDPModule
+
+        for m in module.modules():
+            if isinstance(m, FSDPModule):
+                m.reshard()
 
     def forward_backward(self, batch: dict, teacher_temp: float, loss_scaler=None) -> dict:
         """One SSL iteration's losses and backward; returns detached loss values for logging."""
