@@ -139,13 +139,16 @@ def shard_module(module: nn.Module, shard_cfg, device_type: str, mesh=None) -> n
         for child in module.values():
             shard_module(child, shard_cfg, device_type, mesh=mesh)
         return module
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    if isinstance(module, FSDPModule):
+        raise ValueError(f"shard_module: {type(module).__name__} is already sharded")
     if mesh is None:
         mesh = _mesh(strategy, device_type)
     kw = dict(mesh=mesh, reshard_after_forward=strategy == "FULL_SHARD", mp_policy=policy)
     for unit in reversed(find_fsdp_units(module)):  # children before parents
-        fully_shard(unit, **kw)
+        if not isinstance(unit, FSDPModule):  # e.g. blocks of a backbone that was sharded on its own
+            fully_shard(unit, **kw)
     fully_shard(module, **kw)
     try:
         from torch.distributed.fsdp import register_fsdp_forward_method

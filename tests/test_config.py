@@ -91,3 +91,21 @@ def test_every_ssl_config_loads(name):
     path = os.path.join(REPO, "configs", name)
     cfg = load_ssl_config(path, world_size=1)
     assert cfg.student.arch
+
+
+@pytest.mark.parametrize("name", ["hybrid_vith16.yaml", "hybrid_vitl16.yaml", "vith16_inv_early.yaml",
+                                  "vitl16_inv_early.yaml", "vith16.yaml", "vitl16.yaml", "vitl16_short.yaml",
+                                  "vitl14.yaml", "vitg14.yaml"])
+def test_reference_configs_build_their_student(name):
+    """The configs build their student (on the meta device: no memory, seconds)."""
+    import torch
+
+    from pretrain.dinov2.meta_arch import build_backbone
+
+    cfg = load_ssl_config(os.path.join(REPO, "configs", name), world_size=1)
+    with torch.device("meta"):
+        student = build_backbone(cfg)
+    n = sum(p.numel() for p in student.parameters())
+    assert student.patch_size == cfg.student.patch_size and n > 1e8
+    if name.startswith("hybrid_vith16"):
+        assert cfg.student.arch == "hybrid_vit_huge" and 3.4e8 < n < 3.7e8  # ~355M vs ViT-H/16's ~630M

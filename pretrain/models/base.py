@@ -93,7 +93,7 @@ class Encoder(nn.Module):
             return feats
         head = getattr(self, "head", None)
         cls = feats["x_norm_clstoken"]
-        return head(cls) if head is not None else cls
+        return head(cls) if head is not None else cls.clone()  # not a view of the token sequence
 
     def layer_id(self, param_name: str) -> int:
         """Layer index for layer-wise lr decay: embeddings 0, ``blocks.i`` -> i+1, the rest n_blocks+1."""

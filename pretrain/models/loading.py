@@ -67,9 +67,9 @@ def read_state_dict(path: str) -> dict:
 
         return load_model_state_from_checkpoint(path)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from ..checkpoint import read_safetensors  # names the file on truncation
 
-        return load_file(path)
+        return read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, pickle payload, ...
