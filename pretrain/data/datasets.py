@@ -11,8 +11,10 @@ works (``extra`` is accepted and ignored; no split-length asserts).
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .robust import ImageDecodeError
+from .robust import ImageDecodeError, logger
 
 __all__ = ["build_dataset", "list_datasets", "parse_dataset_spec", "register_dataset", "ImageFileDataset",
            "ArrayImageDataset", "TransformedSubset", "split_dataset", "IMG_EXTENSIONS", "drop_target"]
@@ -65,11 +67,21 @@ class _Base(Dataset):
         return len(self.targets)
 
 
+# torchvision >= 0.29 deprecates its image decoders in favour of TorchCodec; they still work and are the fast
+# path for decode=tensor. Silence only that notice; fall back to PIL when torchvision.io stops providing them.
+try:
+    from torchvision.io import ImageReadMode as _ReadMode, decode_image as _tv_decode, read_file as _tv_read
+except ImportError:  # pragma: no cover
+    _tv_decode = None
+
+
 def _decode_file(path: str, mode: str, index: int):
     try:
-        if mode == "tensor" and path.lower().endswith(_TV_DECODABLE):
-            from torchvision.io import ImageReadMode, decode_image, read_file
-            return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        if mode == "tensor" and _tv_decode is not None and path.lower().endswith(_TV_DECODABLE):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
+                                        category=DeprecationWarning)
+                return _tv_decode(_tv_read(path), mode=_ReadMode.RGB)
         with open(path, "rb") as f:
             img = Image.open(f)
             img = img.convert("RGB")  # forces the full decode inside the try
@@ -334,6 +346,10 @@ def _imagefolder(root, transform, target_transform, decode, labels="auto"):
         labels = "folders" if any(_images_in(os.path.join(root, d), True) for d in _subdirs(root)) else "none"
     if labels == "folders":
         paths, targets, classes = _class_folders(root)
+        stray = _images_in(root, recursive=False)
+        if stray:
+            logger.warning("imagefolder %s: %d images directly under the root are ignored (class folders found; "
+                           "use labels=none to take every image, unlabelled)", root, len(stray))
     else:
         paths = _images_in(root, recursive=True)
         targets, classes = [-1] * len(paths), []
@@ -502,11 +518,18 @@ def _digits(transform, target_transform, decode, split="train", size="32"):
 
     Split: ``np.random.default_rng(0).permutation(1797)``; the first 80% (1437) are train, the rest (360) test.
     """
-    from sklearn.datasets import load_digits
     split = _split(split, ("train", "test"), "digits")
     size = _int(size, "size", "digits")
     if size < 8:
         raise ValueError(f"digits: size={size} must be >= 8")
+    rgb, targets = _digits_arrays(split, size)
+    return ArrayImageDataset(rgb, targets, [str(i) for i in range(10)], transform, target_transform, decode,
+                             f"digits/{split}")
+
+
+@functools.lru_cache(maxsize=8)
+def _digits_arrays(split: str, size: int):
+    from sklearn.datasets import load_digits
     d = load_digits()
     perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(d.target))
     n_train = int(DIGITS_TRAIN_FRACTION * len(perm))
@@ -515,8 +538,8 @@ def _digits(transform, target_transform, decode, split="train", size="32"):
     if size != 8:
         grey = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BICUBIC)) for g in grey])
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    return ArrayImageDataset(rgb, d.target[sel], [str(i) for i in range(10)], transform, target_transform, decode,
-                             f"digits/{split}")
+    rgb.setflags(write=False)
+    return rgb, tuple(int(t) for t in d.target[sel])
 
 
 @register_dataset("synthetic", options=("n", "size", "classes", "seed"), layout="generated in memory")

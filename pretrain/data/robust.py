@@ -29,11 +29,11 @@ class ImageDecodeError(RuntimeError):
 
     def __init__(self, index: int, path: str, cause: BaseException | str):
         self.index, self.path, self.cause = int(index), str(path), cause
-        super().__init__(f"cannot decode image #{index} at {path!r}: {type(cause).__name__ if not isinstance(cause, str) else ''}"
-                         f"{': ' if not isinstance(cause, str) else ''}{cause}")
+        self.reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"cannot decode image #{index} at {path!r}: {self.reason}")
 
     def __reduce__(self):  # picklable across worker processes
-        return (ImageDecodeError, (self.index, self.path, str(self.cause)))
+        return (ImageDecodeError, (self.index, self.path, self.reason))
 
 
 class SkippedImage(NamedTuple):
@@ -78,7 +78,7 @@ class SafeImageDataset(Dataset):
                 image, target = self.dataset[j]
                 return image, target, tuple(skipped)
             except ImageDecodeError as e:
-                skipped.append(SkippedImage(j, e.path, str(e.cause)))
+                skipped.append(SkippedImage(j, e.path, e.reason))
                 j = (j + 1) % n
         raise TooManySkippedImagesError(
             f"{len(skipped)} consecutive unreadable images starting at index {index} "
