@@ -2,7 +2,7 @@
 
 Each trainable parameter gets ``{params, lr_multiplier, wd_multiplier, is_last_layer, name}``:
 
-* lr multiplier ``rate ** (n_blocks + 1 - layer_id)`` for parameters of a backbone, i.e. any sub-module exposing
+* lr multiplier ``rate ** (num_lr_layers - 1 - layer_id)`` (= ``rate ** (n_blocks + 1 - layer_id)`` for a ViT) for parameters of a backbone, i.e. any sub-module exposing
   ``layer_id(name)`` and ``n_blocks`` (the Encoder contract); ``layer_id`` receives the name relative to that
   module (``blocks.3.attn.qkv.weight``). Parameters outside a backbone (the heads) get 1.
 * ``patch_embed`` in the name: lr multiplier additionally x ``patch_embed_lr_mult``.
@@ -64,12 +64,12 @@ def get_params_groups(model: nn.Module, lr_decay_rate: float = 1.0, patch_embed_
             sub = _within(name, prefix)
             if sub is None:
                 continue
-            n_blocks = bb.n_blocks
+            top = getattr(bb, "num_lr_layers", bb.n_blocks + 2) - 1  # n_blocks + 1 for single-stage encoders
             layer_id = int(bb.layer_id(sub))
-            if not 0 <= layer_id <= n_blocks + 1:
-                raise ValueError(f"{type(bb).__name__}.layer_id({sub!r}) = {layer_id} outside [0, n_blocks+1="
-                                 f"{n_blocks + 1}]")
-            lr_mult = lr_decay_rate ** (n_blocks + 1 - layer_id)
+            if not 0 <= layer_id <= top:
+                raise ValueError(f"{type(bb).__name__}.layer_id({sub!r}) = {layer_id} outside [0, num_lr_layers-1="
+                                 f"{top}]")
+            lr_mult = lr_decay_rate ** (top - layer_id)
             if no_wd_on_embeddings:
                 nowd = getattr(bb, "no_weight_decay_names", lambda: set())()
                 if any(sub == n or sub.startswith(n + ".") for n in nowd):

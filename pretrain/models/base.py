@@ -95,6 +95,16 @@ class Encoder(nn.Module):
         cls = feats["x_norm_clstoken"]
         return head(cls) if head is not None else cls.clone()  # not a view of the token sequence
 
+    @property
+    def num_lr_layers(self) -> int:
+        """Number of depth levels for layer-wise lr decay: ``layer_id`` lies in ``[0, num_lr_layers - 1]``.
+        Default ``n_blocks + 2`` (embeddings, blocks, final norm/head); multi-stage encoders count all stages."""
+        return self.__dict__.get("_num_lr_layers", self.n_blocks + 2)
+
+    @num_lr_layers.setter
+    def num_lr_layers(self, value: int):
+        self.__dict__["_num_lr_layers"] = int(value)
+
     def layer_id(self, param_name: str) -> int:
         """Layer index for layer-wise lr decay: embeddings 0, ``blocks.i`` -> i+1, the rest n_blocks+1."""
         if param_name.startswith(EMBEDDING_PARAM_NAMES):

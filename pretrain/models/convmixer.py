@@ -118,6 +118,9 @@ class ConvMixer(Encoder):
         if "0.weight" in sd and "stem.0.weight" not in sd:  # locuslab's bare nn.Sequential
             sd = _locuslab_to_timm(sd, self.n_blocks)
             report.notes.append("converted locuslab nn.Sequential keys to timm names")
+        if "mask_token" not in sd and "stem.0.weight" in sd:  # published classifier weights have no mask token
+            sd["mask_token"] = torch.zeros_like(self.mask_token, device="cpu")
+            report.notes.append("mask_token absent (published weights): set to zeros, its initial value")
         if self.head is None:
             dropped = [k for k in sd if k.startswith("head.")]
             for k in dropped:

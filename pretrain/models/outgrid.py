@@ -23,13 +23,12 @@ map after the BN norm (row-major); cls feature = its spatial mean (exactly the c
 the final token grid, are applied at the stem: the masked pixels of the input are zeroed AND the stem output at
 masked positions (mask upsampled to the stride-1 stem grid) is replaced by a learned ``mask_token``, so nothing
 from masked pixels reaches any output. ``n_blocks`` = number of last-stage blocks (the only blocks whose output
-lies on the final token grid); ``layer_id`` still numbers all blocks of all stages for layer-wise lr decay
-(ids 0 .. ``num_lr_layers`` - 1).
+lies on the final token grid); ``layer_id`` numbers all blocks of all stages for layer-wise lr decay
+(ids 0 .. ``num_lr_layers`` - 1, see ``Encoder.num_lr_layers``).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import partial
 from typing import Sequence
 
@@ -253,14 +252,6 @@ def conv_bn_act(cin, cout, k, stride):
 
 
 # ------------------------------------------------------------------------------------------------ model
-@dataclass(frozen=True)
-class OutGridConfig:
-    dims: tuple
-    depths: tuple
-    heads: tuple
-    grid_sizes: tuple
-
-
 class OutGridViT(Encoder):
     """OutGridViT Model A (``front_depth=0``) or Model B (``front_depth>0``: outlooker front, grid-only stages).
 
@@ -282,6 +273,10 @@ class OutGridViT(Encoder):
         if len(lens) != 1:
             raise ValueError(f"dims/depths/heads/grid_sizes must have one entry per stage; got {dims}, {depths}, "
                              f"{heads}, {grid_sizes}")
+        for s, (d, h) in enumerate(zip(dims, heads)):
+            if h < 1 or d % h:
+                raise ValueError(f"stage {s}: dims[{s}]={d} must be divisible by heads[{s}]={h} (grid attention and "
+                                 "dynamic-kernel heads)")
         if min(depths) < 1:
             raise ValueError(f"every stage needs depth >= 1, got depths={depths}")
         self.dims, self.depths = tuple(dims), tuple(depths)
@@ -400,8 +395,9 @@ class OutGridViT(Encoder):
 
     # ------------------------------------------------------------------------------------------ lr decay
     def layer_id(self, param_name: str) -> int:
-        """Embeddings (stem, proj_in, mask_token) 0; front block i -> i+1; stage blocks numbered on after the
-        front across ALL stages; a downsample gets the id of the first block it feeds; norm/head the last id."""
+        """Depth order over ALL blocks, ids 0 .. ``num_lr_layers`` - 1: embeddings (stem, proj_in, mask_token) 0;
+        front block i -> i+1; stage blocks numbered on after the front across all stages; a downsample gets the
+        id of the first block it feeds; norm/head the last id."""
         if param_name.startswith(("stem.", "proj_in.", "mask_token")):
             return 0
         m = re.match(r"front\.(\d+)\.", param_name)
@@ -415,6 +411,12 @@ class OutGridViT(Encoder):
         if m:
             return offsets[int(m.group(1)) + 1] + 1
         return self.num_lr_layers - 1
+
+    def set_attn_backend(self, backend: str):
+        resolve_backend(backend)
+        for m in self.modules():
+            if isinstance(m, GridAttention):
+                m.attn_backend = backend
 
     def no_weight_decay_names(self):
         return {"mask_token"}

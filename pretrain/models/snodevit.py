@@ -328,12 +328,13 @@ class SNodeViT(Encoder):
                 "mutual_information": (total - aleatoric).clamp_min(0.0)}
 
     def layer_id(self, param_name: str) -> int:
-        """Embeddings 0; the shared drift/TimeNet/diffusion (used at every step) 1; norm/head 2."""
+        """Embeddings 0; the drift/TimeNet/diffusion, shared by all steps up to the last one, n_blocks; norm and
+        head n_blocks+1."""
         if param_name.startswith(("pos_embed", "patch_embed", "mask_token", "cls_token")):
             return 0
         if param_name.startswith(("drift.", "timenet.", "sigma_logit")):
-            return 1
-        return 2
+            return self.n_blocks
+        return self.n_blocks + 1
 
     def no_weight_decay_names(self):
         return {"pos_embed", "cls_token", "mask_token", "sigma_logit"}

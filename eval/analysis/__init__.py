@@ -1,0 +1,1 @@
+"""Model-analysis tools (attention locality, entropy, visualisations). ``eval.analysis.outgrid``: OutGridViT."""
