@@ -171,12 +171,12 @@ def requeue_and_exit(requeue: bool | None = None) -> None:
     if requeue and rank == 0:
         if not job_id:
             raise RuntimeError("requeue_and_exit(requeue=True) outside a Slurm job (SLURM_JOB_ID is not set)")
-        logger.warning("stop requested (%s): requeueing Slurm job %s", _signal_name, job_id)
         print(f"[octo] stop requested ({_signal_name}): checkpoint saved, requeueing Slurm job {job_id}",
               flush=True)
         subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
-    if distributed:
-        dist.destroy_process_group()
+    from pretrain import distributed as _d
+
+    _d.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     what = f"requeued Slurm job {job_id}" if requeue else "rerun the same command to resume"

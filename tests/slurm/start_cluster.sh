@@ -32,6 +32,13 @@ if [ -f "$CONF" ] && cluster_up; then
     log "cluster already running ($DIR)"; sinfo; exit 0
 fi
 
+if [ -f "$CONF" ] && ! grep -q "Written by octo tests/slurm/start_cluster.sh" "$CONF" \
+        && [ "${OCTO_SLURM_FORCE:-0}" != 1 ]; then
+    die "$CONF exists and was not written by this script (a real Slurm setup?); refusing to overwrite it. \
+Set OCTO_SLURM_FORCE=1 to replace it (it is backed up to $CONF.octo-backup)."
+fi
+[ -f "$CONF" ] && ! grep -q "Written by octo" "$CONF" && cp "$CONF" "$CONF.octo-backup"
+
 # ---- packages --------------------------------------------------------------------------------------------
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
         || ! command -v munged >/dev/null; then
