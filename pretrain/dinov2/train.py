@@ -6,6 +6,7 @@ teacher state, whatever the world size of the run that wrote it.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import random
@@ -65,7 +66,16 @@ def apply_optim_schedules(optimizer, lr: float, wd: float, last_layer_lr: float)
 def build_optimizer(cfg: DictConfig, model: SSLMetaArch):
     groups = fuse_params_groups(get_params_groups(model.student, lr_decay_rate=cfg.optim.layerwise_decay,
                                                   patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult))
-    return torch.optim.AdamW(groups, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2))
+    return torch.optim.AdamW(groups, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2),
+                             **fast_optimizer_kwargs(model.student.parameters()))
+
+
+def fast_optimizer_kwargs(params) -> dict:
+    """``fused`` AdamW for plain tensors (one kernel per step: ~3x faster than the loop on CPU), ``foreach`` for
+    FSDP2's DTensor shards."""
+    from torch.distributed.tensor import DTensor
+
+    return {"foreach": True} if any(isinstance(p, DTensor) for p in params) else {"fused": True}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,6 +92,8 @@ def _collate(samples, cfg, mask_generator, n_tokens):
     positions = [s[-1] for s in samples]
     samples = [s[:-1] for s in samples]
     rng = random.Random(position_seed(cfg.train.seed, positions[0], salt=1))  # masks depend on the position only
+    mask_generator = copy.copy(mask_generator)
+    mask_generator.rng = rng  # block positions too (not the process-global `random`)
     batch = collate_data_and_cast(samples, mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
                                   mask_probability=cfg.ibot.mask_sample_probability, n_tokens=n_tokens,
                                   mask_generator=mask_generator, generator=rng)
@@ -91,7 +103,9 @@ def _collate(samples, cfg, mask_generator, n_tokens):
 
 def build_data_loader(cfg: DictConfig, dataset, start_iter: int, rank: int, world: int, patch_size: int):
     n = cfg.crops.global_crops_size // patch_size
-    mask_generator = MaskingGenerator((n, n), max_num_patches=0.5 * n * n)
+    # an explicit Random (replaced per batch in _collate): the default, the `random` module, cannot be pickled
+    # into the DataLoader workers of a spawned rank
+    mask_generator = MaskingGenerator((n, n), max_num_patches=0.5 * n * n, rng=random.Random(cfg.train.seed))
     sampler = ShardedInfiniteSampler(len(dataset), rank=rank, world_size=world, seed=cfg.train.seed,
                                      start_global=global_position(start_iter, cfg.train.batch_size_per_gpu * world))
     loader = torch.utils.data.DataLoader(
@@ -101,6 +115,25 @@ def build_data_loader(cfg: DictConfig, dataset, start_iter: int, rank: int, worl
         collate_fn=partial(_collate, cfg=cfg, mask_generator=mask_generator, n_tokens=n * n),
         generator=torch.Generator().manual_seed(cfg.train.seed))  # keeps the global RNG untouched
     return loader
+
+
+def gather_skipped(skipped: list, device) -> list:
+    """This step's unreadable-image records of every rank, on every rank (rank order).
+
+    Each rank reads its own share of the stream; gathering makes ``skipped_images`` in metrics.jsonl and the
+    ``train.max_skipped_images`` ceiling global (and every rank aborts together). One scalar all-reduce per
+    step; the records themselves travel only when some rank skipped an image.
+    """
+    if not D.is_dist():
+        return list(skipped)
+    import torch.distributed as dist
+
+    n = D.all_reduce_sum(torch.tensor([float(len(skipped))], device=device))
+    if n.item() == 0:
+        return []
+    parts = [None] * D.get_world_size()
+    dist.all_gather_object(parts, [tuple(s) for s in skipped])
+    return [s for part in parts for s in part]
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -127,7 +160,8 @@ def run(cfg: DictConfig) -> dict:
     out = cfg.train.output_dir
     if rank == 0:
         check_writable(out)
-        save_config(cfg, out)
+    # the data first: a missing dataset root fails with its expected layout before anything is built or written
+    dataset = build_ssl_dataset(cfg)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (and student == teacher)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -153,10 +187,11 @@ def run(cfg: DictConfig) -> dict:
             scaler.load_state_dict(extra["grad_scaler"])
         if rank == 0:
             print(f"resumed from {latest} at iteration {start_iter} (world size now {world})", flush=True)
+    if rank == 0:  # after a successful resume: a run that cannot load its checkpoint keeps its config.yaml
+        save_config(cfg, out)
     if latest is None:  # per-rank stream for drop path etc.; a resumed run restored its RNG from the checkpoint
         torch.manual_seed(cfg.train.seed * 1000 + rank)
 
-    dataset = build_ssl_dataset(cfg)
     skips = SkipTracker(cfg.train.max_skipped_images if cfg.train.max_skipped_images < 1
                         else int(cfg.train.max_skipped_images), dataset_size=len(dataset))
     loader = build_data_loader(cfg, dataset, start_iter, rank, world, model.student["backbone"].patch_size)
@@ -177,7 +212,7 @@ def run(cfg: DictConfig) -> dict:
     stop_at = cfg.train.stop_at_iteration
     while it < max_iter:
         batch = next(data_iter)
-        skips.update(batch.pop("skipped_images", []))
+        skips.update(gather_skipped(batch.pop("skipped_images", []), device))
         batch = _to_device(batch, device)
         data_time = time.perf_counter() - t_data
         t0 = time.perf_counter()
