@@ -18,7 +18,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-__all__ = ["ThreeAugmentChoice", "build_train_transform", "build_eval_transform", "IMAGENET_MEAN", "IMAGENET_STD",
+__all__ = ["ThreeAugmentChoice", "build_train_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD",
            "CIFAR100_MEAN", "CIFAR100_STD", "CROP_MODES"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -116,13 +116,16 @@ def build_train_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, *
     return T.Compose(ops)
 
 
-def build_eval_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_ratio: float = 1.0,
-                         interpolation: str = "bicubic", normalize: bool = True) -> T.Compose:
-    """``Resize(int(size / crop_ratio)) -> CenterCrop(size) -> tensor [-> normalise]`` (DeiT III: ratio 1.0)."""
+def eval_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_ratio: float = 1.0,
+                   normalize: bool = True):
+    """``Resize(int(size / crop_ratio)) -> CenterCrop(size) -> float [-> normalise]`` (DeiT III: ratio 1.0).
+
+    ``normalize=False`` keeps images in [0, 1] (the robustness evaluation corrupts them before normalising).
+    """
+    from ..data.transforms import make_eval_transform
+
     if not 0 < crop_ratio <= 1:
         raise ValueError(f"data.eval_crop_ratio={crop_ratio} must be in (0, 1]")
-    interp = INTERPOLATIONS[interpolation]
-    ops = [T.Resize(int(round(img_size / crop_ratio)), interpolation=interp), T.CenterCrop(img_size), T.ToTensor()]
-    if normalize:
-        ops.append(T.Normalize(mean, std))
-    return T.Compose(ops)
+    if not normalize:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return make_eval_transform(resize=int(round(img_size / crop_ratio)), crop=img_size, mean=mean, std=std)

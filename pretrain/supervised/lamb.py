@@ -45,12 +45,13 @@ class Lamb(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("Lamb does not support sparse gradients")
-                g = p.grad.float()
+                dt = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype  # low precision: fp32
+                g = p.grad.to(dt)
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=dt)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=dt)
                 state["step"] += 1
                 t = state["step"]
                 m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -60,7 +61,7 @@ class Lamb(Optimizer):
                     m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
                 else:
                     m_hat, v_hat = m, v
-                p32 = p.float()
+                p32 = p.to(dt)
                 update = m_hat / (v_hat.sqrt() + eps)
                 if wd != 0:
                     update = update + wd * p32
