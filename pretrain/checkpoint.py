@@ -423,7 +423,7 @@ class Checkpointer:
             with _quiet_single_process():
                 dcp.load(state, checkpoint_id=path, no_dist=not D.is_dist())
         except _errors() as e:
-            raise CheckpointError(f"could not load checkpoint {path!r}: {type(e).__name__}: {e}") from e
+            raise _read_failure(path, e, "load") from e
         for name, m in models.items():
             set_model_state_dict(m, state[name])
         for oname, opt in optimizers.items():
@@ -459,6 +459,63 @@ def _tensor_keys(path: str) -> dict:
         raise CheckpointError(f"could not read the DCP metadata of {path!r} ({type(e).__name__}: {e}); the "
                               "checkpoint is truncated or not an octo checkpoint") from e
     return {k: v for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+
+
+def _short_data_files(path: str) -> list[str]:
+    """``["__0_0.distcp: 1000 bytes, the metadata expects >= 1102290", ...]``: DCP data files shorter than the
+    byte ranges the checkpoint's metadata records for them (a truncated copy or an interrupted write)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(path).read_metadata().storage_data or {}
+    except Exception:  # noqa: BLE001 - diagnosis only; the caller reports the original error
+        return []
+    need: dict = {}
+    for info in storage.values():
+        rel = getattr(info, "relative_path", None)
+        if rel is not None:
+            need[rel] = max(need.get(rel, 0), int(info.offset) + int(info.length))
+    short = []
+    for rel, n in sorted(need.items()):
+        f = os.path.join(path, rel)
+        size = os.path.getsize(f) if os.path.isfile(f) else None
+        if size is None:
+            short.append(f"{rel}: missing, the metadata expects {n} bytes")
+        elif size < n:
+            short.append(f"{rel}: {size} bytes, the metadata expects >= {n}")
+    return short
+
+
+def _read_failure(path: str, e: BaseException, what: str = "load") -> CheckpointError:
+    """A :class:`CheckpointError` for a failed DCP read of ``path`` that says why (truncated files) and what to do."""
+    short = _short_data_files(path)
+    if short:
+        why = "it is truncated/corrupt: " + "; ".join(short)
+    else:
+        cause = _find_root_cause(e)
+        why = f"{type(cause).__name__}: {str(cause).strip() or '(no message)'} (a corrupt data file?)"
+    older = [p for p in Checkpointer(os.path.dirname(os.path.normpath(path)), create=False).list()
+             if os.path.normpath(p) != os.path.normpath(path)]
+    hint = (f"; earlier complete checkpoint(s): {older} - to resume from {older[-1]}, move {path} out of the "
+            "checkpoints directory" if older else "")
+    return CheckpointError(f"could not {what} checkpoint {path!r}: {why}{hint}")
+
+
+def _find_root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of ``exc`` (through DCP's per-rank ``failures`` and the cause chain)."""
+    e, seen = exc, set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        failures = getattr(e, "failures", None)
+        if isinstance(failures, dict) and failures:
+            v = next(iter(failures.values()))
+            nxt = v[0] if isinstance(v, tuple) else v
+        else:
+            nxt = e.__cause__
+        if not isinstance(nxt, BaseException):
+            break
+        e = nxt
+    return e
 
 
 def _all_keys(path: str) -> set:
@@ -529,7 +586,7 @@ def load_model_state_from_checkpoint(path: str, prefer: str = "teacher") -> dict
         with _quiet_single_process(force=True):
             dcp.load(sd, checkpoint_id=path, no_dist=True)
     except _errors() as e:
-        raise CheckpointError(f"could not read checkpoint {path!r}: {type(e).__name__}: {e}") from e
+        raise _read_failure(path, e, "read") from e
     return {clean_key(k[len(prefix):]): v for k, v in sd.items()}
 
 

@@ -84,6 +84,9 @@ class TrainCfg:
     max_skipped_images: float = 0.01  # abort when more than this fraction (<1) or count (>=1) is unreadable
     compile: bool = False
     deterministic: bool = False
+    # intra-op threads per training process; 0 = auto: on CPU, the cores left per process after the data workers
+    # (oversubscribed OpenMP threads made small CPU models ~5x slower), PyTorch's default on GPU
+    num_threads: int = 0
     # stop (after checkpointing) when this iteration is reached, exactly as on a preemption signal; -1 = never.
     # Used by tests and to split a run into chunks; rerunning the same command resumes.
     stop_at_iteration: int = -1

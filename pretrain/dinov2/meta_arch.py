@@ -81,10 +81,22 @@ class SSLMetaArch(nn.Module):
         return self
 
     # ------------------------------------------------------------------------------------------
+    def compile_blocks(self):
+        """``torch.compile`` every transformer block of both backbones in place (before sharding, as torchtitan)."""
+        from ..fsdp import find_fsdp_units
+
+        for who in (self.student, self.teacher):
+            for unit in find_fsdp_units(who["backbone"]):
+                if unit is not who["backbone"]:
+                    unit.compile()
+
     def prepare_for_distributed_training(self, device_type: str):
         """Shard each student/teacher sub-module alike (FSDP2) when a process group exists."""
         from ..distributed import get_world_size
         from ..fsdp import shard_module
+
+        if self.cfg.train.compile:
+            self.compile_blocks()
 
         if get_world_size() == 1 or self.cfg.distributed.strategy == "none":
             return

@@ -136,6 +136,12 @@ def gather_skipped(skipped: list, device) -> list:
     return [s for part in parts for s in part]
 
 
+def auto_cpu_threads(procs_per_node: int, workers_per_proc: int) -> int:
+    """Cores left for one training process's intra-op threads once its data workers have theirs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, procs_per_node) - workers_per_proc)
+
+
 def _to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -162,6 +168,10 @@ def run(cfg: DictConfig) -> dict:
         check_writable(out)
     # the data first: a missing dataset root fails with its expected layout before anything is built or written
     dataset = build_ssl_dataset(cfg)
+    threads = cfg.train.num_threads or (auto_cpu_threads(info.local_world_size, cfg.train.num_workers)
+                                        if device.type == "cpu" else 0)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (and student == teacher)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
