@@ -34,8 +34,12 @@ def register_encoder(name: str, *, family: str, test_overrides: dict | None = No
 
 
 def _ensure_loaded():
-    # importing the model modules registers their encoders
-    from . import _all  # noqa: F401
+    # importing the model modules registers their encoders; module-level constant tensors (e.g. the octic group
+    # tables) must land on the CPU even when the first lookup happens inside ``with torch.device("meta")``
+    import torch
+
+    with torch.device("cpu"):
+        from . import _all  # noqa: F401
 
 
 def list_encoders(family: str | None = None) -> list[str]:
