@@ -511,3 +511,28 @@ def wait_for_job(job, timeout_s: float | None = None, poll_s: float = 1.0, grace
         if timeout_s is not None and time.time() - start > timeout_s:
             raise LaunchError(f"Slurm job {job.job_id} not finished after {timeout_s:.0f} s (state {last_state})")
         time.sleep(poll_s)
+
+
+def training_main(doc: str, config_from_args: Callable, entry: Callable, example_config: str, argv=None) -> int:
+    """The whole command line of a training launcher: parse the launcher flags, validate the config BEFORE
+    submitting anything (a bad key fails in seconds with exit code 2, not after queueing), launch, print the
+    summary. ``config_from_args(args, world_size)`` resolves the recipe config; ``entry(args)`` trains."""
+    from .config import ConfigError
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_launcher_args(parser)
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error(f"--config-file is required (e.g. {example_config})")
+    try:
+        cfg = config_from_args(args, world_size=args.nodes * args.ngpus)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if not getattr(args, "output_dir", None):
+        args.output_dir = cfg.train.output_dir
+    result = launch(entry, args)
+    if isinstance(result, dict):
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0

@@ -51,6 +51,15 @@ class PositionSeededDataset(Dataset):
 
     def __getitem__(self, item):
         index, position = item
-        seed_everything(position_seed(self.seed, position))
-        sample = self.dataset[index]
+        in_main_process = torch.utils.data.get_worker_info() is None
+        if in_main_process:  # num_workers=0: leave the training process's RNG streams (drop path, ...) untouched
+            states = (random.getstate(), np.random.get_state())
+            with torch.random.fork_rng(devices=[]):
+                seed_everything(position_seed(self.seed, position))
+                sample = self.dataset[index]
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+        else:
+            seed_everything(position_seed(self.seed, position))
+            sample = self.dataset[index]
         return (*sample, position) if isinstance(sample, tuple) else (sample, position)

@@ -12,14 +12,15 @@ def _knn_args(cfg: DictConfig, weights: str | None) -> argparse.Namespace:
     from eval.knn import add_knn_args
 
     resize = cfg.evaluation.knn_resize or cfg.crops.global_crops_size
-    argv = ["--config-file", os.path.join(cfg.train.output_dir, "config.yaml"),
-            "--train-dataset", cfg.evaluation.knn_train_dataset,
+    argv = ["--train-dataset", cfg.evaluation.knn_train_dataset,
             "--test-dataset", cfg.evaluation.knn_test_dataset or cfg.evaluation.knn_train_dataset,
             "--resize", str(resize), "--crop", str(resize), "--num-workers", "0",
-            "--ks", *[str(k) for k in cfg.evaluation.knn_ks],
-            "--output-dir", os.path.join(cfg.train.output_dir, "knn")]
+            "--ks", *[str(k) for k in cfg.evaluation.knn_ks]]
     argv += ["--weights", weights] if weights else ["--random-init"]
     args = add_knn_args(argparse.ArgumentParser()).parse_args(argv)
+    # the launcher-level arguments of eval_knn: the encoder is built exactly as the run's config.yaml says
+    args.config_file = os.path.join(cfg.train.output_dir, "config.yaml")
+    args.output_dir = os.path.join(cfg.train.output_dir, "knn")
     args.opts = []
     return args
 
