@@ -115,4 +115,5 @@ class Encoder(nn.Module):
         return self.n_blocks + 1
 
     def no_weight_decay_names(self) -> set[str]:
-        return set()
+        """Token/embedding parameters exempt from weight decay when ``no_wd_on_embeddings`` is asked for."""
+        return {"pos_embed", "cls_token", "register_tokens", "mask_token"}

@@ -137,9 +137,6 @@ class VisionTransformer(Encoder):
         R = self.num_register_tokens
         return [(outs[i][:, R + 1:], outs[i][:, 0], hw) for i in indices]
 
-    def no_weight_decay_names(self):
-        return {"pos_embed", "cls_token", "register_tokens", "mask_token"}
-
     def adapt_to_state_dict(self, sd, report):
         """Adopt the stored positional-embedding grid of a checkpoint (e.g. 37x37 of the 518-px hub weights)."""
         pos = sd.get("pos_embed")

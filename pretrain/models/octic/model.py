@@ -245,8 +245,6 @@ class OcticVisionTransformer(Encoder):
         return [(outs[i][:, R + 1:], outs[i][:, 0], hw) for i in indices]
 
     # --- optimisation helpers ------------------------------------------------------------------------------
-    def no_weight_decay_names(self):
-        return {"pos_embed", "cls_token", "register_tokens", "mask_token"}
 
     def layer_id(self, param_name: str) -> int:
         if param_name.startswith("invariant_proj") and not self.fully_octic:
