@@ -187,6 +187,12 @@ def run(cfg: DictConfig) -> dict:
             cfg.compute_precision.student.backbone.mixed_precision.param_dtype == "fp16":
         scaler = torch.amp.GradScaler("cuda")
 
+    def say(msg: str):  # rank 0: console, mirrored to <output_dir>/log.txt
+        if rank == 0:
+            print(msg, flush=True)
+            with open(os.path.join(out, "log.txt"), "a") as f:
+                f.write(msg + "\n")
+
     ckpt = Checkpointer(os.path.join(out, "checkpoints"), max_to_keep=cfg.checkpointing.max_to_keep)
     start_iter = 0
     latest = ckpt.latest() if cfg.checkpointing.resume else None
@@ -195,8 +201,7 @@ def run(cfg: DictConfig) -> dict:
         start_iter = int(extra["iteration"])
         if scaler is not None and extra.get("grad_scaler"):
             scaler.load_state_dict(extra["grad_scaler"])
-        if rank == 0:
-            print(f"resumed from {latest} at iteration {start_iter} (world size now {world})", flush=True)
+        say(f"resumed from {latest} at iteration {start_iter} (world size now {world})")
     if rank == 0:  # after a successful resume: a run that cannot load its checkpoint keeps its config.yaml
         save_config(cfg, out)
     if latest is None:  # per-rank stream for drop path etc.; a resumed run restored its RNG from the checkpoint
@@ -261,10 +266,9 @@ def run(cfg: DictConfig) -> dict:
         if rank == 0 and (it % cfg.logging.print_freq == 0 or it == max_iter or it == start_iter + 1):
             elapsed = time.perf_counter() - t_start
             eta = datetime.timedelta(seconds=int(elapsed / (it - start_iter) * (max_iter - it)))
-            print(f"[{it:>{len(str(max_iter))}}/{max_iter}] eta {eta}  {logger}  lr {record['lr']:.2e}  "
-                  f"wd {record['wd']:.3f}  mom {record['mom']:.4f}  t_temp {record['teacher_temp']:.3f}  "
-                  f"img/s {record['img_per_s']:.1f}  data {data_time:.3f}s  mem {record['max_mem_mb']:.0f}MB",
-                  flush=True)
+            say(f"[{it:>{len(str(max_iter))}}/{max_iter}] eta {eta}  {logger}  lr {record['lr']:.2e}  "
+                f"wd {record['wd']:.3f}  mom {record['mom']:.4f}  t_temp {record['teacher_temp']:.3f}  "
+                f"img/s {record['img_per_s']:.1f}  data {data_time:.3f}s  mem {record['max_mem_mb']:.0f}MB")
         if it % cfg.checkpointing.period_iterations == 0 or it == max_iter:
             save(it)
         ev = cfg.evaluation.eval_period_iterations

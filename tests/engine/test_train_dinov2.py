@@ -59,6 +59,9 @@ def test_two_process_fsdp_then_reshard_to_one(tmp_path):
     r = run_launcher("--config-file", TINY, "--output-dir", out, "--local", "--ngpus", "1")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resumed from" in r.stdout and "at iteration 4" in r.stdout
+    with open(os.path.join(out, "log.txt")) as f:  # the console progress is mirrored into the output dir
+        log = f.read()
+    assert "at iteration 4" in log and "[8/8]" in log and "img/s" in log
     losses = _losses(out)
     assert sorted(losses) == list(range(1, 9))
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
