@@ -8,22 +8,15 @@
 Runs locally in ``--nodes x --ngpus`` processes (gloo on CPU) or on Slurm, like training.
 Results: ``<output-dir>/results_eval_knn.json`` (one JSON line per run).
 """
-import argparse
+
 import sys
 
 from eval.knn import add_knn_args, main as knn_main
-from pretrain.launch import add_launcher_args, launch
-
-
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_launcher_args(parser)
-    return add_knn_args(parser)
+from pretrain.launch import evaluation_main
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
-    return launch(knn_main, args)
+    return evaluation_main(__doc__, add_knn_args, knn_main, argv)
 
 
 if __name__ == "__main__":

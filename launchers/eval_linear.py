@@ -9,22 +9,15 @@ logistic regression on cached cls features instead (C sweep; small datasets, CPU
 
 Rerunning the same command resumes from ``<output-dir>/linear_checkpoint.pth``.
 """
-import argparse
+
 import sys
 
 from eval.linear import add_linear_args, main as linear_main
-from pretrain.launch import add_launcher_args, launch
-
-
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_launcher_args(parser)
-    return add_linear_args(parser)
+from pretrain.launch import evaluation_main
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
-    return launch(linear_main, args)
+    return evaluation_main(__doc__, add_linear_args, linear_main, argv)
 
 
 if __name__ == "__main__":

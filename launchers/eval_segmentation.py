@@ -11,22 +11,15 @@ sliding window), ``knn`` (training-free prototypes / nearest labelled patches).
 Results: ``<output-dir>/results_eval_segmentation.json`` (mIoU, per-class IoU, pixel accuracy) and palette PNGs
 of a few validation predictions in ``<output-dir>/predictions``.
 """
-import argparse
+
 import sys
 
 from eval.segmentation.protocols import add_segmentation_args, main as seg_main
-from pretrain.launch import add_launcher_args, launch
-
-
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_launcher_args(parser)
-    return add_segmentation_args(parser)
+from pretrain.launch import evaluation_main
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
-    return launch(seg_main, args)
+    return evaluation_main(__doc__, add_segmentation_args, seg_main, argv)
 
 
 if __name__ == "__main__":

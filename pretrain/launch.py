@@ -536,3 +536,12 @@ def training_main(doc: str, config_from_args: Callable, entry: Callable, example
         for k, v in result.items():
             print(f"{k}: {v}")
     return 0
+
+
+def evaluation_main(doc: str, add_eval_args: Callable, entry: Callable, argv=None):
+    """The whole command line of an evaluation launcher: the shared launcher flags, the evaluator's own
+    arguments (``add_eval_args(parser)``), then ``launch(entry, args)``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_launcher_args(parser)
+    add_eval_args(parser)
+    return launch(entry, parser.parse_args(argv))

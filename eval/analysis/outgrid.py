@@ -187,6 +187,18 @@ def grid_query_map(rec: dict, image_index: int, yq: int, xq: int) -> torch.Tenso
     return out
 
 
+def _finish_figure(fig, axes, path):
+    """Axes off, tight layout, save as PNG, free the figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    for a in axes:
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def save_grid_heatmap(rec, image, path, image_index=0, query=None, mean=None, std=None):
     import matplotlib
 
@@ -206,12 +218,7 @@ def save_grid_heatmap(rec, image, path, image_index=0, query=None, mean=None, st
     axes[0].set_title(f"{rec['name']}\nquery ({yq},{xq}) g={rec['g']}", fontsize=8)
     axes[1].imshow(m.numpy(), cmap="viridis")
     axes[1].set_title(f"attention on {H}x{W} map", fontsize=8)
-    for a in axes:
-        a.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish_figure(fig, axes, path)
 
 
 def save_kernel_overlay(rec, image, path, image_index=0, mean=None, std=None):
@@ -236,12 +243,7 @@ def save_kernel_overlay(rec, image, path, image_index=0, mean=None, std=None):
         ax.imshow(F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy(),
                   cmap="jet", alpha=0.5)
         ax.set_title(t, fontsize=8)
-    for a in axes:
-        a.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish_figure(fig, axes, path)
 
 
 # ------------------------------------------------------------------------------------------------ driver
