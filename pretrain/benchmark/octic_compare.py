@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.octic.group import D8Tokens, pack
 from .encoders import Case, build_octo, compare
 from .flops import count_flops, param_count
 
@@ -71,8 +72,8 @@ def block_profile(width: str = "base", img_size: int = 224, batch_size: int = 2,
     x = torch.randn(batch_size, 3, img_size, img_size)
     with torch.no_grad():
         xs, _ = model.prepare_tokens(x)
-    xs = tuple(t.detach().requires_grad_(True) for t in xs)
-    t = torch.randn(batch_size, xs[0].shape[1], model.embed_dim, requires_grad=True)
+    xs = D8Tokens(*(t.detach().requires_grad_(True) for t in pack(xs)))
+    t = torch.randn(batch_size, xs.ones.shape[2], model.embed_dim, requires_grad=True)
     octic_blk, std_blk = model.blocks[0], model.blocks[-1]
 
     def run(blk, inp):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pretrain.models import build_encoder
+from pretrain.models.octic.group import D8Tokens
 from pretrain.models.octic.layers import LinearD8
 
 
@@ -25,7 +26,7 @@ def test_linear_d8_weights_and_macs(cin, cout):
     n_d8 = sum(p.numel() for p in lin.parameters())
     assert n_d8 * 8 == dense.weight.numel()
     c = cin // 8
-    xs = tuple(torch.randn(B, N, c) for _ in range(4)) + (torch.randn(B, N, 2, 2 * c),)
+    xs = D8Tokens(torch.randn(4, B, N, c), torch.randn(2, B, N, 2 * c))
     macs_d8 = _macs(lin, xs)
     macs_dense = _macs(dense, torch.randn(B, N, cin))
     assert macs_dense == B * N * cin * cout  # fvcore's count for the dense layer, independent of our layer

@@ -24,21 +24,42 @@ def _check_equivariant(f, xs, act_in, act_out, min_change=1e-2, atol=ATOL):
             assert max_diff(rhs, y) > min_change, f"output trivially symmetric under {g}"
 
 
+def _on_5tuples(layer):
+    """Layers run on packed D8Tokens; the group actions are written on 5-tuples."""
+    return lambda xs: G.unpack(layer(G.pack(xs)))
+
+
 def _pointwise(f, xs):
     act = G.isotypic_action
-    _check_equivariant(f, xs, act, act)
+    _check_equivariant(_on_5tuples(f), xs, act, act)
 
 
 def _tokens(f, xs, hw, n_prefix):
     act = lambda g, t: G.token_action(g, t, hw, n_prefix)  # noqa: E731
-    _check_equivariant(f, xs, act, act)
+    _check_equivariant(_on_5tuples(f), xs, act, act)
+
+
+def _naive_linear(lin, xs):
+    """Reference LinearD8 on a 5-tuple: one nn.Linear per 1-D irrep, lin_E on each E component row."""
+    return (lin.lin_A1(xs[0]), lin.lin_A2(xs[1]), lin.lin_B1(xs[2]), lin.lin_B2(xs[3]), lin.lin_E(xs[4]))
 
 
 @torch.no_grad()
 def test_linear_d8_equivariant_and_no_bias_off_a1():
     torch.manual_seed(0)
     lin = L.LinearD8(64, 128)
-    _pointwise(lin, rand5(2, 5, 8))
+    xs = rand5(2, 5, 8)
+    _pointwise(lin, xs)
+    assert max_diff(G.unpack(lin(G.pack(xs))), _naive_linear(lin, xs)) < 1e-5
+    # the slot-layout paths used around the GELU agree with the packed one
+    ones, e0, e1 = lin.forward_to_slots(G.pack(xs))
+    h = torch.cat((ones, e0, e1))
+    ref = G.to_8tuple(_naive_linear(lin, xs))
+    for i in range(8):
+        torch.testing.assert_close(h[i].view(2, 5, 16), ref[i])
+    lin2 = L.LinearD8(128, 64)
+    y = lin2.forward_from_slots(h[:4], h[4:], (2, 5))
+    assert max_diff(G.unpack(y), _naive_linear(lin2, _naive_linear(lin, xs))) < 1e-5
     assert lin.lin_A1.bias is not None and all(getattr(lin, f"lin_{n}").bias is None
                                                for n in ("A2", "B1", "B2", "E"))
 
@@ -53,7 +74,7 @@ def test_layernorm_d8_equivariant_and_matches_naive_formula():
     _pointwise(ln, xs)
     # naive numpy reference of the spec formula (per token loops)
     a = [x.numpy().astype(np.float64) for x in xs]
-    out = ln(xs)
+    out = G.unpack(ln(G.pack(xs)))
     s = ln.scaling
     for b in range(2):
         for n in range(5):
@@ -73,7 +94,7 @@ def _erf_gelu(x):
 @torch.no_grad()
 def test_gelu_d8_equivariant_and_matches_naive():
     xs = rand5(2, 3, 4, seed=2)
-    _pointwise(L.GeluD8(), xs)
+    _check_equivariant(L.gelu_d8, xs, G.isotypic_action, G.isotypic_action)
     q = G.Q.numpy()
     x8 = [t.numpy().astype(np.float64) for t in G.to_8tuple(xs)]
     out8 = [t.numpy() for t in G.to_8tuple(L.gelu_d8(xs))]
@@ -106,22 +127,24 @@ def test_attention_backends_agree():
     torch.manual_seed(0)
     attn = L.AttentionD8(64, num_heads=2)
     xs = rand5(2, 9, 8, seed=5)
-    y1 = attn(xs)
+    y1 = G.unpack(attn(G.pack(xs)))
     attn.attn_backend = "math"
-    assert max_diff(y1, attn(xs)) < 1e-5
+    assert max_diff(y1, G.unpack(attn(G.pack(xs)))) < 1e-5
 
 
 @torch.no_grad()
 def test_attention_head_packing_round_trip_and_order():
     B, N, c, H = 2, 3, 8, 2
     xs = rand5(B, N, c, seed=6)
-    q, k, v = L.pack_heads(tuple(torch.cat([x, x, x], -1) for x in xs[:4])
-                           + (torch.cat([xs[4], xs[4], xs[4]], -1),), H)
+    q, k, v = L.pack_heads(G.pack(tuple(torch.cat([x, x, x], -1) for x in xs[:4])
+                                  + (torch.cat([xs[4], xs[4], xs[4]], -1),)), H)
     # head 0 of q reads [A1[:c/H] | A2[:c/H] | B1 | B2 | x4,x6 part of comp0 | comp1]
     assert q.shape == (B, H, N, 8 * c // H)
     torch.testing.assert_close(q[:, 0, :, :c // H], xs[0][..., :c // H])
     torch.testing.assert_close(q[:, 1, :, c // H: 2 * c // H], xs[1][..., c // H: 2 * c // H])
-    back = L.unpack_heads(v)
+    # head 1 of k: its E comp1 part is the second 2c/H chunk of row 1 of X_E
+    torch.testing.assert_close(k[:, 1, :, 6 * c // H:], xs[4][:, :, 1, 2 * c // H: 4 * c // H])
+    back = G.unpack(L.unpack_heads(v))
     assert max_diff(back, xs) == 0.0
 
 
@@ -134,7 +157,7 @@ def test_octic_blocks_equivariant(style):
     xs = rand5(2, 1 + 16, 8, seed=7)
     _tokens(blk, xs, (4, 4), 1)
     # the residual branch matters (otherwise the block test is the identity test)
-    y = blk(xs)
+    y = G.unpack(blk(G.pack(xs)))
     assert max_diff(y, xs) > 1e-2
 
 
@@ -204,11 +227,35 @@ def test_pos_embed_is_fixed_point_native_and_interpolated(hw):
 def test_drop_path_d8_shares_one_draw_per_sample():
     torch.manual_seed(0)
     dp = L.DropPathD8(0.5).train()
-    xs = tuple(torch.ones_like(x) for x in rand5(64, 3, 4))
-    ys = dp(xs)
+    xs = G.pack(tuple(torch.ones_like(x) for x in rand5(64, 3, 4)))
+    ys = G.unpack(dp(xs))
     keep = ys[0][:, 0, 0]
     assert set(keep.unique().tolist()) <= {0.0, 2.0} and 0 < (keep == 0).sum() < 64
     for y in ys[:4]:
         assert torch.equal(y, keep.view(-1, 1, 1).expand_as(y))
     assert torch.equal(ys[4], keep.view(-1, 1, 1, 1).expand_as(ys[4]))
     assert dp.eval()(xs) is xs
+
+
+def test_hand_written_backwards_match_autograd():
+    """The fused LayerNormD8 normalisation and the chunked octic GELU have hand-written backward passes:
+    gradcheck them in float64 against finite differences, and the chunking against one chunk."""
+    gen = torch.Generator().manual_seed(0)
+    ones = torch.randn(4, 2, 3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    e = torch.randn(2, 2, 3, 10, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: L._NormalizeD8.apply(a, b, 1e-5), (ones, e))
+    # and it equals the plain-op version (which autograd differentiates itself)
+    ref = L._normalize_d8(ones, e, 1e-5)[0]
+    for got, exp in zip(L._NormalizeD8.apply(ones, e, 1e-5), ref):
+        torch.testing.assert_close(got, exp)
+    h = [torch.randn(k, 7, 3, dtype=torch.float64, generator=gen, requires_grad=True) for k in (4, 2, 2)]
+    assert torch.autograd.gradcheck(lambda *a: L.gelu_d8_slots(*a), tuple(h))
+    old = L.GELU_CHUNK
+    try:
+        L.GELU_CHUNK = 4  # several chunks, the last one partial (21 columns)
+        chunked = L.gelu_d8_slots(*h)
+        assert torch.autograd.gradcheck(lambda *a: L.gelu_d8_slots(*a), tuple(h))
+    finally:
+        L.GELU_CHUNK = old
+    for a, b in zip(chunked, L.gelu_d8_slots(*h)):
+        torch.testing.assert_close(a, b)

@@ -9,13 +9,17 @@ Conventions (must match the published octic-vits weights, see shared/specs/octic
 * canonical layout used by every layer (the "5-tuple"): ``(A1, A2, B1, B2, X_E)`` with A*/B* ``[..., c]`` and
   ``X_E [..., 2, 2c]``: ``X_E[...,0,:c]=x4, X_E[...,1,:c]=x5, X_E[...,0,c:]=x6, X_E[...,1,c:]=x7`` (c = C/8).
   All conversions between layouts live in this module.
+* inside the blocks the same numbers are *packed* as :class:`D8Tokens` ``(ones [4, ..., c], e [2, ..., 2c])``:
+  the four 1-D slots stacked in front, and ``X_E`` with its component axis moved in front. This turns the
+  equivariant linear map into one batched matmul plus one matmul, and every element-wise op into two
+  contiguous passes (see ``layers.py``); :func:`pack` / :func:`unpack` convert.
 * the *regular* representation permutes 8 slots, ``out[i] = in[perm[i]]``; ``Q`` (scaled by 1/(2*sqrt2)) maps
   regular -> isotypic and satisfies ``Q P_reg(g) = P_iso(g) Q``.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -144,6 +148,35 @@ def irrep_major_concat(xs) -> torch.Tensor:
 def from_irrep_major(x: torch.Tensor):
     """Inverse of :func:`irrep_major_concat`."""
     return to_5tuple(tuple(x.chunk(8, dim=-1)))
+
+
+class D8Tokens(NamedTuple):
+    """Packed octic features used inside the blocks (one pytree, so FSDP / compile / hooks see two tensors).
+
+    ``ones [4, *lead, c]``: slots A1, A2, B1, B2. ``e [2, *lead, 2c]``: ``e[r] = X_E[..., r, :]``, the r-th E
+    component of both copies (``[copy0 (c) | copy1 (c)]``), i.e. ``e[0] = [x4|x6]``, ``e[1] = [x5|x7]``.
+    """
+
+    ones: torch.Tensor
+    e: torch.Tensor
+
+
+def pack(xs) -> D8Tokens:
+    """5-tuple -> :class:`D8Tokens` (one copy)."""
+    return D8Tokens(torch.stack(tuple(xs[:4])), xs[4].movedim(-2, 0).contiguous())
+
+
+def unpack(t: D8Tokens):
+    """:class:`D8Tokens` -> 5-tuple (views)."""
+    return tuple(t.ones.unbind(0)) + (t.e.movedim(0, -2),)
+
+
+def packed_irrep_major(t: D8Tokens) -> torch.Tensor:
+    """:class:`D8Tokens` -> ``[*lead, C]`` in the order of :func:`irrep_major_concat` (one copy)."""
+    lead, c = t.ones.shape[1:-1], t.ones.shape[-1]
+    ones = t.ones.movedim(0, -2)  # [*lead, 4, c]
+    e = t.e.unflatten(-1, (2, c)).movedim(0, -2)  # [*lead, copy, comp, c] = x4, x5, x6, x7
+    return torch.cat((ones, e.reshape(*lead, 4, c)), dim=-2).flatten(-2)
 
 
 # --- actions on features ----------------------------------------------------------------------------------------

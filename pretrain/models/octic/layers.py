@@ -1,4 +1,5 @@
-"""D8-equivariant layers on the 5-tuple layout ``(A1, A2, B1, B2, X_E[..., 2, 2c])`` (see ``group.py``).
+"""D8-equivariant layers. The lift and the positional embedding produce the 5-tuple ``(A1, A2, B1, B2, X_E)``;
+every layer inside the blocks works on the packed :class:`~.group.D8Tokens` layout (see ``group.py``).
 
 Parameter names follow the published octic-vits code so that its checkpoints load with the identity mapping
 (``lift8.conv_A1.weight``, ``lin_A1``..``lin_E``, ``alpha_A1``..``alpha_E``/``beta``, ``gamma_1``/``gamma_2``...).
@@ -15,13 +16,9 @@ from torch import nn
 
 from ...layers.attention import attention, resolve_backend
 from ...layers.mlp import Mlp
-from .group import Q, SQRT2_OVER_4, to_5tuple, to_8tuple
+from .group import Q, SQRT2_OVER_4, D8Tokens, pack, to_5tuple, unpack
 
 ONE_D_IRREPS = ("A1", "A2", "B1", "B2")
-
-
-def tuple_add(xs, ys):
-    return tuple(x + y for x, y in zip(xs, ys))
 
 
 # --- quarter-tensor unfolding (shared by the lift kernels and the positional embedding) ------------------------
@@ -152,10 +149,30 @@ def octic_pos_embed(quarters, hw: tuple[int, int]):
 
 
 # --- linear / affine / norm ------------------------------------------------------------------------------------
+# Every layer below maps D8Tokens -> D8Tokens (``group.pack`` / ``group.unpack`` convert from / to the 5-tuple).
+# Leading dims are flattened to L = prod(lead) rows: ``ones`` is read as ``[4, L, c]`` and ``e`` as ``[2L, 2c]``.
+
+def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1, width)
+
+
+_Q_CACHE: dict = {}
+
+
+def _q(device, dtype) -> torch.Tensor:
+    """The change of basis ``Q`` (regular -> isotypic) on ``device``/``dtype``, built once per pair."""
+    key = (device, dtype)
+    if key not in _Q_CACHE:
+        _Q_CACHE[key] = Q.to(device=device, dtype=dtype)
+    return _Q_CACHE[key]
+
+
 class LinearD8(nn.Module):
     """Equivariant linear map (Schur): 4 x Linear(in/8, out/8) + Linear(in/4, out/4) shared by both E components.
 
-    1/8 of a dense layer's weights, 3/16 of its MACs. Bias only on A1.
+    1/8 of a dense layer's weights, 3/16 of its MACs. Bias only on A1. On :class:`D8Tokens` this is one ``bmm``
+    over the four stacked 1-D weights plus one matmul of both E components (``e`` as ``[2L, 2c]``); the
+    ``lin_*`` parameters keep the published names, the stack is taken at forward time (1/8 of a dense weight).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
@@ -170,8 +187,35 @@ class LinearD8(nn.Module):
         self.lin_B2 = nn.Linear(i8, o8, bias=False)
         self.lin_E = nn.Linear(2 * i8, 2 * o8, bias=False)
 
-    def forward(self, xs):
-        return (self.lin_A1(xs[0]), self.lin_A2(xs[1]), self.lin_B1(xs[2]), self.lin_B2(xs[3]), self.lin_E(xs[4]))
+    def forward_ones(self, ones: torch.Tensor) -> torch.Tensor:
+        """``[4, *lead, in/8]`` -> ``[4, L, out/8]``: the four 1-D irreps as one batched matmul."""
+        w = torch.stack((self.lin_A1.weight, self.lin_A2.weight, self.lin_B1.weight, self.lin_B2.weight))
+        y = torch.bmm(_rows(ones, w.shape[-1]), w.transpose(1, 2))
+        if self.lin_A1.bias is not None:
+            y[0].add_(self.lin_A1.bias)
+        return y
+
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
+        lead = t.ones.shape[1:-1]
+        ones = self.forward_ones(t.ones).view(4, *lead, -1)
+        return D8Tokens(ones, F.linear(t.e, self.lin_E.weight))
+
+    def forward_to_slots(self, t: D8Tokens):
+        """-> hidden slots ``(ones [4, L, o8], e0 [2, L, o8], e1 [2, L, o8])``: A1..B2, then the two E output copies
+        ``(x4, x5)`` and ``(x6, x7)`` (component-major): the layout the octic GELU reads."""
+        o8 = self.out_features // 8
+        w = self.lin_E.weight  # rows [copy0 (o8) | copy1 (o8)]
+        e0, e1 = F.linear(t.e, w[:o8]), F.linear(t.e, w[o8:])  # [comp, *lead, o8] each
+        return self.forward_ones(t.ones), e0.reshape(2, -1, o8), e1.reshape(2, -1, o8)
+
+    def forward_from_slots(self, ones: torch.Tensor, e: torch.Tensor, lead) -> D8Tokens:
+        """Hidden slots ``ones [4, L, i8]``, ``e [4, L, i8]`` (x4..x7) -> D8Tokens."""
+        i8 = self.in_features // 8
+        w = self.lin_E.weight  # [2 o8, 2 i8]; columns [copy0 | copy1] of the input
+        e = e.reshape(2, -1, i8)  # [copy, 2L (comp, row), i8]
+        y = torch.addmm(torch.mm(e[0], w[:, :i8].t()), e[1], w[:, i8:].t())  # [2L, 2 o8]
+        return D8Tokens(self.forward_ones(ones).view(4, *lead, -1), y.view(2, *lead, -1))
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.lin_A1.bias is not None}"
@@ -192,11 +236,31 @@ class AffineD8(nn.Module):
         self.alpha_E = nn.Parameter(torch.full((2 * c,), float(init_value)))
         self.beta = nn.Parameter(torch.zeros(c)) if bias else None
 
-    def forward(self, xs):
-        a1 = self.alpha_A1 * xs[0]
+    def _ones_scale(self, ndim: int) -> torch.Tensor:
+        a = torch.stack((self.alpha_A1, self.alpha_A2, self.alpha_B1, self.alpha_B2))
+        return a.view(4, *([1] * (ndim - 2)), a.shape[-1])
+
+    def _ones_shift(self, ndim: int):
+        if self.beta is None:
+            return None
+        b = torch.cat((self.beta.unsqueeze(0), self.beta.new_zeros(3, self.beta.shape[0])))
+        return b.view(4, *([1] * (ndim - 2)), b.shape[-1])
+
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
+        nd = t.ones.ndim
+        shift = self._ones_shift(nd)
+        scale = self._ones_scale(nd)
+        ones = t.ones * scale if shift is None else torch.addcmul(shift, t.ones, scale)
+        return D8Tokens(ones, t.e * self.alpha_E)
+
+    def residual_add(self, x: D8Tokens, y: D8Tokens) -> D8Tokens:
+        """``x + self(y)`` in one pass per tensor (no shift: the layer-scale case)."""
         if self.beta is not None:
-            a1 = a1 + self.beta
-        return (a1, self.alpha_A2 * xs[1], self.alpha_B1 * xs[2], self.alpha_B2 * xs[3], self.alpha_E * xs[4])
+            z = self(y)
+            return D8Tokens(x.ones + z.ones, x.e + z.e)
+        return D8Tokens(torch.addcmul(x.ones, y.ones, self._ones_scale(y.ones.ndim)),
+                        torch.addcmul(x.e, y.e, self.alpha_E))
 
 
 class LayerScaleD8(AffineD8):
@@ -219,28 +283,147 @@ class LayerNormD8(nn.Module):
         self.eps = eps
         self.scaling = AffineD8(dim, bias=bias) if elementwise_affine else nn.Identity()
 
-    def forward(self, xs):
-        var = sum(x.var(dim=-1, unbiased=False, keepdim=True) for x in xs[:4])
-        var = var + xs[4].var(dim=-1, unbiased=False, keepdim=True).mean(dim=-2)
-        std = SQRT2_OVER_4 * torch.sqrt(var + self.eps)
-        out = tuple((x - x.mean(dim=-1, keepdim=True)) / std for x in xs[:4])
-        out = out + ((xs[4] - xs[4].mean(dim=-1, keepdim=True)) / std.unsqueeze(-1),)
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
+        if _tracing():
+            out = _normalize_d8(t.ones, t.e, self.eps)[0]  # plain ops: visible to tracers / Inductor
+        else:
+            out = D8Tokens(*_NormalizeD8.apply(t.ones, t.e, self.eps))
         return self.scaling(out)
 
 
+def _normalize_d8(ones, e, eps):
+    """Centre every slot (every E component row) and divide all by the shared ``sigma`` (reference formula)."""
+    var1, mu1 = torch.var_mean(ones, dim=-1, correction=0, keepdim=True)  # [4, *lead, 1]
+    var_e, mu_e = torch.var_mean(e, dim=-1, correction=0, keepdim=True)  # [2, *lead, 1]
+    inv = torch.rsqrt(var1.sum(0) + var_e.mean(0) + eps) / SQRT2_OVER_4  # 1/sigma, [*lead, 1]
+    # (x - mu) / sigma as one addcmul per tensor: x * inv + (-mu * inv)
+    return D8Tokens(torch.addcmul(-mu1 * inv, ones, inv), torch.addcmul(-mu_e * inv, e, inv)), inv
+
+
+class _NormalizeD8(torch.autograd.Function):
+    """:func:`_normalize_d8` with a hand-written backward (two passes per tensor instead of autograd's ~8).
+
+    With ``y = (x - mean_slot x) / sigma``, ``sigma^2 = 1/8 (sum_a w_a (x_a - mean)^2 + eps)`` (w = 1/c on the
+    1-D slots, 1/(4c) on the E rows): ``dx = (g - mean_slot g - P w / 8 * y) / sigma`` with ``P = sum_a g_a y_a``
+    per token.
+    """
+
+    @staticmethod
+    def forward(ctx, ones, e, eps):
+        (y1, ye), inv = _normalize_d8(ones, e, eps)
+        ctx.save_for_backward(y1, ye, inv)
+        return y1, ye
+
+    @staticmethod
+    def backward(ctx, g1, ge):
+        y1, ye, inv = ctx.saved_tensors
+        c = y1.shape[-1]
+        p = torch.linalg.vecdot(g1, y1).sum(0) + torch.linalg.vecdot(ge, ye).sum(0)  # [*lead]
+        p = p.unsqueeze(-1) * inv
+        d1 = torch.addcmul(-g1.mean(-1, keepdim=True) * inv, g1, inv).addcmul_(y1, p, value=-1.0 / (8 * c))
+        de = torch.addcmul(-ge.mean(-1, keepdim=True) * inv, ge, inv).addcmul_(ye, p, value=-1.0 / (32 * c))
+        return d1, de, None
+
+
 # --- nonlinearity ----------------------------------------------------------------------------------------------
+GELU_CHUNK = 8192  # columns per chunk: the [8, chunk] intermediates stay in cache
+
+
+class _GeluD8Slots(torch.autograd.Function):
+    """``Q gelu(Q^T v)`` fused by chunks: the regular-basis intermediates never leave the cache.
+
+    In eager PyTorch the change of basis, the GELU and the way back would be five passes over the hidden
+    features (plus the saved regular-basis tensor); chunking makes them one pass forward and one backward,
+    the same memory traffic as a plain GELU. The backward recomputes ``Q^T v`` per chunk instead of storing it.
+    """
+
+    @staticmethod
+    def forward(ctx, ones, e0, e1):
+        q = _q(ones.device, ones.dtype)
+        qt = _q_t(ones.device, ones.dtype)
+        n = ones.shape[1]
+        out_ones, out_e = ones.new_empty(4, n), ones.new_empty(4, n)
+        with torch.autocast(ones.device.type, enabled=False):
+            for a in range(0, n, GELU_CHUNK):
+                b = min(n, a + GELU_CHUNK)
+                g = F.gelu(_to_regular(qt, ones[:, a:b], e0[:, a:b], e1[:, a:b]))
+                torch.mm(q[:4], g, out=out_ones[:, a:b])
+                torch.mm(q[4:], g, out=out_e[:, a:b])
+        ctx.save_for_backward(ones, e0, e1)
+        return out_ones, out_e
+
+    @staticmethod
+    def backward(ctx, g_ones, g_e):
+        ones, e0, e1 = ctx.saved_tensors
+        q = _q(ones.device, ones.dtype)
+        qt = _q_t(ones.device, ones.dtype)
+        g_ones, g_e = g_ones.contiguous(), g_e.contiguous()
+        n = ones.shape[1]
+        d_ones, d_e0, d_e1 = ones.new_empty(4, n), ones.new_empty(2, n), ones.new_empty(2, n)
+        with torch.autocast(ones.device.type, enabled=False):
+            for a in range(0, n, GELU_CHUNK):
+                b = min(n, a + GELU_CHUNK)
+                reg = _to_regular(qt, ones[:, a:b], e0[:, a:b], e1[:, a:b])
+                d_g = torch.mm(qt[:, :4], g_ones[:, a:b]).addmm_(qt[:, 4:], g_e[:, a:b])  # Q^T d_out
+                d_reg = torch.ops.aten.gelu_backward(d_g, reg)
+                torch.mm(q[:4], d_reg, out=d_ones[:, a:b])  # d_v = Q d_reg
+                torch.mm(q[4:6], d_reg, out=d_e0[:, a:b])
+                torch.mm(q[6:], d_reg, out=d_e1[:, a:b])
+        return d_ones, d_e0, d_e1
+
+
+_QT_CACHE: dict = {}
+
+
+def _q_t(device, dtype) -> torch.Tensor:
+    key = (device, dtype)
+    if key not in _QT_CACHE:
+        _QT_CACHE[key] = Q.t().contiguous().to(device=device, dtype=dtype)
+    return _QT_CACHE[key]
+
+
+def _to_regular(qt, ones, e0, e1):
+    """``Q^T v`` for slots given as ``ones [4, n]``, ``e0 = (x4, x5) [2, n]``, ``e1 = (x6, x7) [2, n]``."""
+    return torch.addmm(torch.addmm(torch.mm(qt[:, :4], ones), qt[:, 4:6], e0), qt[:, 6:], e1)
+
+
+def gelu_d8_slots(ones: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor):
+    """``Q gelu(Q^T v)`` per channel on hidden slots ``ones [4, ...]`` (A1..B2), ``e0 [2, ...]`` (x4, x5) and
+    ``e1 [2, ...]`` (x6, x7): isotypic -> regular (a permutation representation), exact GELU, back.
+
+    Returns ``(ones [4, ...], e [4, ...])`` with the E slots in order x4..x7.
+    """
+    shape = ones.shape[1:]
+    ones, e0, e1 = ones.reshape(4, -1), e0.reshape(2, -1), e1.reshape(2, -1)
+    if _tracing():  # plain ops, visible to tracers (fvcore FLOP counts) and Inductor
+        q = _q(ones.device, ones.dtype)
+        out = torch.mm(q, F.gelu(_to_regular(_q_t(ones.device, ones.dtype), ones, e0, e1)))
+        o, e = out[:4], out[4:]
+    else:
+        o, e = _GeluD8Slots.apply(ones.contiguous(), e0.contiguous(), e1.contiguous())
+    return o.reshape(4, *shape), e.reshape(4, *shape)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def gelu_d8(xs):
-    """``Q gelu(Q^T v)`` per channel: isotypic -> regular (a permutation representation), exact GELU, back."""
-    v = torch.stack(to_8tuple(xs), dim=-2)  # [..., 8, c]
-    q = Q.to(device=v.device, dtype=v.dtype)
-    reg = torch.einsum("ji,...jc->...ic", q, v)  # Q^T v
-    out = torch.einsum("ij,...jc->...ic", q, F.gelu(reg))
-    return to_5tuple(tuple(out.unbind(dim=-2)))
+    """5-tuple version of :func:`gelu_d8_slots` (tests, analysis)."""
+    t = pack(xs)
+    lead, c = t.ones.shape[1:-1], t.ones.shape[-1]
+    e = t.e.unflatten(-1, (2, c)).movedim(-2, 0)  # [copy, comp, *lead, c]
+    ones, e = gelu_d8_slots(t.ones, e[0], e[1])
+    e = e.reshape(2, 2, *lead, c).movedim(0, -2).flatten(-2)  # [comp, *lead, 2c]
+    return unpack(D8Tokens(ones, e))
 
 
 class GeluD8(nn.Module):
-    def forward(self, xs):
-        return gelu_d8(xs)
+    """The octic GELU on hidden slot tensors (see :func:`gelu_d8_slots`)."""
+
+    def forward(self, ones, e0, e1):
+        return gelu_d8_slots(ones, e0, e1)
 
 
 class DropoutD8(nn.Module):
@@ -250,12 +433,18 @@ class DropoutD8(nn.Module):
         super().__init__()
         self.p = float(p)
 
-    def forward(self, xs):
-        if not self.training or self.p == 0.0:
-            return xs
-        keep = xs[0].new_empty(xs[0].shape).bernoulli_(1 - self.p) / (1 - self.p)
-        return (xs[0] * keep, xs[1] * keep, xs[2] * keep, xs[3] * keep,
-                xs[4] * torch.cat((keep, keep), dim=-1).unsqueeze(-2))
+    def active(self) -> bool:
+        return self.training and self.p > 0.0
+
+    def mask(self, like: torch.Tensor) -> torch.Tensor:
+        return like.new_empty(like.shape).bernoulli_(1 - self.p) / (1 - self.p)
+
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        if not self.active():
+            return t
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
+        keep = self.mask(t.ones[0])  # [*lead, c]
+        return D8Tokens(t.ones * keep, t.e * torch.cat((keep, keep), dim=-1))
 
 
 class DropPathD8(nn.Module):
@@ -265,19 +454,25 @@ class DropPathD8(nn.Module):
         super().__init__()
         self.drop_prob = float(drop_prob)
 
-    def forward(self, xs):
-        if self.drop_prob == 0.0 or not self.training:
-            return xs
+    def active(self) -> bool:
+        return self.training and self.drop_prob > 0.0
+
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        if not self.active():
+            return t
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
         keep = 1.0 - self.drop_prob
-        x0 = xs[0]
-        mask = x0.new_empty((x0.shape[0],) + (1,) * (x0.ndim - 1)).bernoulli_(keep) / keep
-        return tuple(x * mask for x in xs[:4]) + (xs[4] * mask.unsqueeze(-1),)
+        x0 = t.ones[0]  # [B, ...]
+        mask = x0.new_empty((1, x0.shape[0]) + (1,) * (x0.ndim - 1)).bernoulli_(keep) / keep
+        return D8Tokens(t.ones * mask, t.e * mask)
 
     def extra_repr(self):
         return f"drop_prob={self.drop_prob}"
 
 
 class MlpD8(nn.Module):
+    """fc1 -> octic GELU -> fc2. The hidden features stay in slot layout ``[4 | 2 | 2, L, hidden/8]`` (no re-packing)."""
+
     def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
                  act_layer=GeluD8, bias: bool = True, drop: float = 0.0):
         super().__init__()
@@ -288,32 +483,39 @@ class MlpD8(nn.Module):
         self.fc2 = LinearD8(hidden_features, out_features, bias=bias)
         self.drop = DropoutD8(drop)
 
-    def forward(self, xs):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(xs)))))
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
+        ones, e = self.act(*self.fc1.forward_to_slots(t))
+        if self.drop.active():  # one mask per hidden channel, shared by the 8 slots
+            keep = self.drop.mask(ones[0])
+            ones, e = ones * keep, e * keep
+        return self.drop(self.fc2.forward_from_slots(ones, e, t.ones.shape[1:-1]))
 
 
 # --- attention -------------------------------------------------------------------------------------------------
-def pack_heads(qkv, num_heads: int):
-    """LinearD8(dim -> 3 dim) output -> q, k, v ``[B, H, N, hd]``.
+def pack_heads(qkv: D8Tokens, num_heads: int):
+    """LinearD8(dim -> 3 dim) output -> q, k, v ``[B, H, N, hd]`` (views of one tensor; one copy).
 
-    Each head vector reads ``[A1 | A2 | B1 | B2 | E comp0 (2c/H) | E comp1 (2c/H)]`` (c = dim/8).
+    Each head vector reads ``[A1 | A2 | B1 | B2 | E comp0 (2c/H) | E comp1 (2c/H)]`` (c = dim/8), the layout of
+    the published octic-vits attention.
     """
-    B, N, c3 = qkv[0].shape
-    c, H = c3 // 3, num_heads
-    ones = [t.reshape(B, N, 3, H, c // H) for t in qkv[:4]]
-    e = qkv[4].reshape(B, N, 2, 3, H, 2 * c // H).permute(0, 1, 3, 4, 2, 5).flatten(-2)
-    packed = torch.cat(ones + [e], dim=-1).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
-    return packed.unbind(0)
+    _, B, N, c3 = qkv.ones.shape
+    H = num_heads
+    d = c3 // 3 // H  # c/H
+    ones = qkv.ones.view(4, B, N, 3, H, d).permute(3, 1, 4, 2, 0, 5)  # [3, B, H, N, 4, d]
+    e = qkv.e.view(2, B, N, 3, H, 2, d).permute(0, 3, 1, 4, 2, 5, 6)  # [comp, 3, B, H, N, 2, d]
+    packed = torch.cat((ones, e[0], e[1]), dim=-2)  # [3, B, H, N, 8, d]
+    return packed.flatten(-2).unbind(0)
 
 
-def unpack_heads(x: torch.Tensor):
-    """``[B, H, N, hd]`` -> 5-tuple ``[B, N, c]`` x4 and ``[B, N, 2, 2c]``."""
+def unpack_heads(x: torch.Tensor) -> D8Tokens:
+    """``[B, H, N, hd]`` -> D8Tokens ``ones [4, B, N, c]``, ``e [2, B, N, 2c]``."""
     B, H, N, hd = x.shape
-    c = hd * H // 8
-    x1, x2 = x.chunk(2, dim=-1)
-    ones = tuple(t.transpose(1, 2).reshape(B, N, c) for t in x1.chunk(4, dim=-1))
-    e = x2.reshape(B, H, N, 2, 2 * c // H).permute(0, 2, 3, 1, 4).reshape(B, N, 2, 2 * c)
-    return ones + (e,)
+    d = hd // 8
+    x = x.view(B, H, N, 8, d)
+    ones = x[..., :4, :].permute(3, 0, 2, 1, 4).reshape(4, B, N, H * d)
+    e = x[..., 4:, :].unflatten(-2, (2, 2)).permute(3, 0, 2, 1, 4, 5).reshape(2, B, N, 2 * H * d)
+    return D8Tokens(ones, e)
 
 
 class AttentionD8(nn.Module):
@@ -333,15 +535,24 @@ class AttentionD8(nn.Module):
         resolve_backend(attn_backend)
         self.attn_backend = attn_backend
 
-    def forward(self, xs):
-        q, k, v = pack_heads(self.qkv(xs), self.num_heads)
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
+        q, k, v = pack_heads(self.qkv(t), self.num_heads)
         out = attention(q, k, v, self.attn_backend, None, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(unpack_heads(out)))
 
 
 # --- blocks ----------------------------------------------------------------------------------------------------
+def residual(x: D8Tokens, y: D8Tokens, scale: nn.Module, drop_path: DropPathD8) -> D8Tokens:
+    """``x + drop_path(scale(y))``; fused into one ``addcmul`` per tensor when drop-path is off."""
+    if isinstance(scale, AffineD8) and not drop_path.active():
+        return scale.residual_add(x, y)
+    z = drop_path(scale(y))
+    return D8Tokens(x.ones + z.ones, x.e + z.e)
+
+
 class BlockD8(nn.Module):
-    """DINOv2-style octic block: ``x + dp(ls1(attn(norm1 x)))``, ``x + dp(ls2(mlp(norm2 x)))``."""
+    """DINOv2-style octic block: ``x + dp(ls1(attn(norm1 x)))``, ``x + dp(ls2(mlp(norm2 x)))`` on D8Tokens."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  proj_bias: bool = True, ffn_bias: bool = True, drop_path: float = 0.0, init_values=None,
@@ -356,9 +567,10 @@ class BlockD8(nn.Module):
         self.drop_path1 = DropPathD8(drop_path)
         self.drop_path2 = DropPathD8(drop_path)
 
-    def forward(self, xs):
-        xs = tuple_add(xs, self.drop_path1(self.ls1(self.attn(self.norm1(xs)))))
-        return tuple_add(xs, self.drop_path2(self.ls2(self.mlp(self.norm2(xs)))))
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
+        t = residual(t, self.attn(self.norm1(t)), self.ls1, self.drop_path1)
+        return residual(t, self.mlp(self.norm2(t)), self.ls2, self.drop_path2)
 
 
 class LayerScaleBlockD8(nn.Module):
@@ -376,9 +588,10 @@ class LayerScaleBlockD8(nn.Module):
         self.gamma_1 = AffineD8(dim, bias=False, init_value=init_values)
         self.gamma_2 = AffineD8(dim, bias=False, init_value=init_values)
 
-    def forward(self, xs):
-        xs = tuple_add(xs, self.drop_path(self.gamma_1(self.attn(self.norm1(xs)))))
-        return tuple_add(xs, self.drop_path(self.gamma_2(self.mlp(self.norm2(xs)))))
+    def forward(self, t: D8Tokens) -> D8Tokens:
+        t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
+        t = residual(t, self.attn(self.norm1(t)), self.gamma_1, self.drop_path)
+        return residual(t, self.mlp(self.norm2(t)), self.gamma_2, self.drop_path)
 
 
 class LayerScaleBlock(nn.Module):

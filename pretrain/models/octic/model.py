@@ -31,7 +31,7 @@ from ...layers import Block, drop_path_rates
 from ..base import Encoder
 from ..registry import register_encoder
 from . import checkpoint_mapping
-from .group import SQRT2_OVER_2, irrep_major_concat, to_5tuple
+from .group import SQRT2_OVER_2, D8Tokens, pack, packed_irrep_major, to_5tuple, unpack
 from .invariants import build_invariant
 from .layers import BlockD8, LayerNormD8, LayerScaleBlock, LayerScaleBlockD8, PatchEmbedD8, octic_pos_embed
 
@@ -191,26 +191,30 @@ class OcticVisionTransformer(Encoder):
         return tuple(out), hw
 
     # --- trunk ---------------------------------------------------------------------------------------------
+    def _octic_trunk(self, x, mask=None) -> D8Tokens:
+        xs, _ = self.prepare_tokens(x, mask)
+        t = pack(xs)
+        for blk in self.blocks[: self.octic_equi_break_layer]:
+            t = blk(t)
+        return t
+
     def octic_trunk_features(self, x, mask=None):
         """5-tuple after the octic blocks (before the break): D8-equivariant under the joint token action."""
-        xs, _ = self.prepare_tokens(x, mask)
-        for blk in self.blocks[: self.octic_equi_break_layer]:
-            xs = blk(xs)
-        return xs
+        return unpack(self._octic_trunk(x, mask))
 
-    def _invariant_head(self, xs):
-        """Fully octic output head on a 5-tuple: LayerNormD8 -> invariants -> Linear -> LayerNorm."""
-        return self.fc_norm(self.invariant_proj(self.invariantization(self.norm(xs))))
+    def _invariant_head(self, t: D8Tokens):
+        """Fully octic output head: LayerNormD8 -> invariants -> Linear -> LayerNorm."""
+        return self.fc_norm(self.invariant_proj(self.invariantization(unpack(self.norm(t)))))
 
-    def _break(self, xs):
+    def _break(self, t: D8Tokens):
         if self.invariant:
-            return self.invariant_proj(self.invariantization(xs))
-        return irrep_major_concat(xs)
+            return self.invariant_proj(self.invariantization(unpack(t)))
+        return packed_irrep_major(t)
 
     def _features(self, x, mask):
-        xs = self.octic_trunk_features(x, mask)
+        xs = self._octic_trunk(x, mask)
         if self.fully_octic:
-            x_pre = irrep_major_concat(xs)
+            x_pre = packed_irrep_major(xs)
             t_norm = self._invariant_head(xs)
         else:
             t = self._break(xs)
@@ -223,6 +227,7 @@ class OcticVisionTransformer(Encoder):
 
     def _intermediate(self, x, indices, norm):
         xs, hw = self.prepare_tokens(x, None)
+        xs = pack(xs)
         wanted, outs, k = set(indices), {}, self.octic_equi_break_layer
         t = None
         for i, blk in enumerate(self.blocks[: max(indices) + 1]):
@@ -230,11 +235,11 @@ class OcticVisionTransformer(Encoder):
                 xs = blk(xs)
                 if i in wanted:
                     if not norm:
-                        outs[i] = irrep_major_concat(xs)
+                        outs[i] = packed_irrep_major(xs)
                     elif self.fully_octic:
                         outs[i] = self._invariant_head(xs)
                     else:
-                        outs[i] = irrep_major_concat(self.inter_norm(xs))
+                        outs[i] = packed_irrep_major(self.inter_norm(xs))
             else:
                 if t is None:
                     t = self._break(xs)
