@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from pretrain.benchmark import encoders as E  # noqa: E402
 from pretrain.benchmark.report import Table, write_report  # noqa: E402
+from pretrain.cpu_allocator import tune_cpu_allocator  # noqa: E402
 
 ENC_COLS = ["encoder", "img_size", "batch", "params_M", "gflops", "fwd_img_s", "fwd_spread", "fwd_bwd_img_s",
             "fwd_bwd_spread", "peak_mem_fwd_mb", "peak_mem_fwd_bwd_mb", "compile", "amp"]
@@ -270,6 +271,7 @@ def run_knn(args) -> list[Table]:
 
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
+    tune_cpu_allocator()
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.repeats < 1:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import preemption
+from .cpu_allocator import tune_cpu_allocator
 
 
 class LaunchError(RuntimeError):
@@ -223,6 +224,7 @@ def _already_distributed() -> bool:
 
 
 def _run_in_process(entry, args):
+    tune_cpu_allocator()
     fresh = not preemption._installed
     preemption.install_handlers()
     try:
@@ -251,6 +253,7 @@ def _patched_environ(env: dict):
 
 def _local_worker(entry, args, env: dict, conn) -> None:
     os.environ.update(env)
+    tune_cpu_allocator()
     preemption.install_handlers()
     code = 0
     try:
@@ -396,6 +399,7 @@ class SlurmTask:
             "LOCAL_WORLD_SIZE": str(max(1, env.num_tasks // max(1, env.num_nodes))), "GROUP_RANK": str(env.node),
             "MASTER_ADDR": hosts[0], "MASTER_PORT": str(master_port_for_job(env.raw_job_id)),
         })
+        tune_cpu_allocator()
         preemption.install_handlers()  # after submitit's: replaces its USR2 handler (kept as fallback)
         if env.global_rank == 0:
             print(f"[octo] {env}; master {hosts[0]}:{os.environ['MASTER_PORT']}; "

@@ -85,6 +85,9 @@ def environment() -> dict:
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
            "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    from ..cpu_allocator import tune_cpu_allocator
+
+    env["malloc_tuning"] = tune_cpu_allocator()  # see pretrain/cpu_allocator.py
     try:  # version only: importing timm costs seconds
         from importlib.metadata import version
 
@@ -95,7 +98,10 @@ def environment() -> dict:
 
 
 def render(tables: list[Table], command: str | None = None) -> str:
-    head = f"Command: `{command}`\n\n" if command else ""
+    from ..cpu_allocator import tune_cpu_allocator
+
+    alloc = "on" if tune_cpu_allocator() else "off (OCTO_MALLOC_TUNING=0 or no glibc)"
+    head = (f"Command: `{command}` (CPU malloc tuning: {alloc})\n\n") if command else ""
     return head + "\n".join(to_markdown(t) for t in tables)
 
 
