@@ -19,6 +19,45 @@ def _l2_eps(dtype: torch.dtype) -> float:
     return 1e-6 if dtype in (torch.float16, torch.bfloat16) else 1e-12
 
 
+class _UnitRowLinear(torch.autograd.Function):
+    """``y = x @ normalize(w, dim=1).T`` computed as ``(x @ w.T) * (1 / ||w_k||)`` (column scaling of the output).
+
+    Normalising the ``[K, D]`` weight would cost several passes (and allocations) over it in the forward and
+    backward; scaling the ``[R, K]`` output costs one in-place pass. Backward, with ``G = (g * inv)^T x``:
+    ``dx = (g * inv) w``, ``dw_k = G_k - inv_k^2 (w_k . G_k) w_k`` (the part of ``G_k`` orthogonal to ``w_k``),
+    and no norm gradient for rows whose norm is clamped to ``eps`` (as ``F.normalize``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, eps: float):
+        norm = torch.linalg.vector_norm(w, dim=1)
+        inv = norm.clamp_min(eps).reciprocal()
+        y = torch.mm(x, w.t()).mul_(inv)
+        ctx.save_for_backward(x, w, inv, norm > eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, inv, free = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        dx = torch.zeros_like(x) if need_x else None
+        dw = torch.empty_like(w) if need_w else None
+        K = w.shape[0]
+        for a in range(0, K, PROTOTYPE_CHUNK):  # chunks of prototypes: every temporary stays small
+            b = min(K, a + PROTOTYPE_CHUNK)
+            gs = g[:, a:b] * inv[a:b]
+            if need_x:
+                dx.addmm_(gs, w[a:b])
+            if need_w:
+                G = torch.mm(gs.t(), x, out=dw[a:b])
+                coef = torch.linalg.vecdot(w[a:b], G) * inv[a:b].square() * free[a:b]
+                G.addcmul_(w[a:b], coef.unsqueeze(1), value=-1.0)
+        return dx, dw, None
+
+
+PROTOTYPE_CHUNK = 8192
+
+
 class PrototypeLayer(nn.Module):
     """``y = x @ normalize(weight, dim=1).T``: a bias-free Linear whose rows always have unit L2 norm."""
 
@@ -33,7 +72,9 @@ class PrototypeLayer(nn.Module):
         return F.normalize(self.weight, dim=1, eps=_l2_eps(self.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.normalized_weight())
+        if x.dim() != 2 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return F.linear(x, self.normalized_weight())  # plain ops for tracers / Inductor, any leading dims
+        return _UnitRowLinear.apply(x, self.weight, _l2_eps(self.weight.dtype))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # accept torch.nn.utils.weight_norm / parametrizations.weight_norm layouts (magnitude must be 1)

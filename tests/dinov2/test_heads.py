@@ -114,3 +114,42 @@ def test_fsdp2_fully_shard_and_dcp_roundtrip(tmp_path):
         port = s.getsockname()[1]
     mp.start_processes(_fsdp2_worker, args=(2, port, str(tmp_path / "ckpt")), nprocs=2, join=True,
                        start_method="fork")
+
+
+def test_prototype_layer_backward_matches_normalize_autograd():
+    """The prototype layer scales the output instead of normalising the weight and has a hand-written backward:
+    gradcheck it (float64) and compare with autograd through ``F.normalize`` (also for a zero row, whose norm is
+    clamped, so only the direct term flows)."""
+    from pretrain.dinov2.heads import _UnitRowLinear
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(7, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _UnitRowLinear.apply(a, b, 1e-12), (x, w))
+    with torch.no_grad():
+        w[3] = 0.0
+    g = torch.randn(5, 7, dtype=torch.float64, generator=gen)
+    ours = torch.autograd.grad((_UnitRowLinear.apply(x, w, 1e-12) * g).sum(), (x, w))
+    ref = torch.autograd.grad((torch.nn.functional.linear(x, torch.nn.functional.normalize(w, dim=1, eps=1e-12))
+                               * g).sum(), (x, w))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_prototype_layer_backward_chunking():
+    """The backward runs over chunks of prototypes; several chunks (the last partial) give the one-chunk result."""
+    from pretrain.dinov2 import heads
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(11, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    g = torch.randn(3, 11, dtype=torch.float64, generator=gen)
+    one = torch.autograd.grad((heads._UnitRowLinear.apply(x, w, 1e-12) * g).sum(), (x, w))
+    old = heads.PROTOTYPE_CHUNK
+    try:
+        heads.PROTOTYPE_CHUNK = 4
+        many = torch.autograd.grad((heads._UnitRowLinear.apply(x, w, 1e-12) * g).sum(), (x, w))
+    finally:
+        heads.PROTOTYPE_CHUNK = old
+    for a, b in zip(one, many):
+        torch.testing.assert_close(a, b)
