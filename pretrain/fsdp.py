@@ -188,9 +188,8 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float):
                              "(same sharding_strategy and units)")
         t_list.append(tl)
         s_list.append(sl.to(tl.dtype))
-    if t_list:
-        torch._foreach_mul_(t_list, momentum)
-        torch._foreach_add_(t_list, s_list, alpha=1.0 - momentum)
+    if t_list:  # t + (1 - m) (s - t): one fused pass per tensor list
+        torch._foreach_lerp_(t_list, s_list, 1.0 - momentum)
 
 
 def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:

@@ -71,7 +71,8 @@ class TeacherNormalizer(nn.Module):
         """``softmax((t - center) / teacher_temp)`` in fp32 with the current centre."""
         if teacher_output.shape[-1] != self.out_dim:
             raise ValueError(f"teacher output must end in {self.out_dim} prototypes, got {tuple(teacher_output.shape)}")
-        return F.softmax((teacher_output.float() - self.center) / teacher_temp, dim=-1)
+        # one temporary and PyTorch's fused softmax: 4 reads + 3 writes of [rows, K] instead of 7 + 5
+        return F.softmax(torch.sub(teacher_output.float(), self.center).mul_(1.0 / teacher_temp), dim=-1)
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor, n_valid=None) -> None:
@@ -93,33 +94,75 @@ class TeacherNormalizer(nn.Module):
                                n_valid=None) -> torch.Tensor:
         """SK-normalised targets ``[M, K]`` (fp32): each valid row sums to 1, each prototype gets mass B/K."""
         self._check(teacher_output)
-        logits = teacher_output.float() / teacher_temp
-        mask, count = _valid_rows(logits, n_valid)
+        t = teacher_output.float()
+        mask, count = _valid_rows(t, n_valid)
+        M, K = t.shape
+        # global max of t / T over valid rows (T > 0): subtracted before exp, an exact no-op after normalising
+        row_max = t.amax(dim=1) if M else t.new_zeros(0)
         if mask is not None:
-            logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        gmax = logits.max() if logits.numel() else logits.new_tensor(float("-inf"))
+            row_max = row_max.masked_fill(~mask, float("-inf"))
+        gmax = row_max.max() if M else t.new_tensor(float("-inf"))
         gmax = _all_reduce(gmax.clone(), dist.ReduceOp.MAX if _dist_on() else None)
         if not torch.isfinite(gmax):
             gmax = torch.zeros_like(gmax)
-        Q = torch.exp(logits - gmax).t()  # K x M; padded columns are exactly 0
-        K = Q.shape[0]
-        B = _all_reduce(count.clone())
-        total = _all_reduce(Q.sum())
-        Q /= total.clamp_min(_TINY)
-        for _ in range(n_iterations):
-            rows = _all_reduce(Q.sum(dim=1, keepdim=True))
-            Q /= rows.clamp_min(_TINY)
-            Q /= K
-            Q /= Q.sum(dim=0, keepdim=True).clamp_min(_TINY)
-            Q /= B.clamp_min(1.0)
-        Q *= B
-        return Q.t()
+        P = torch.sub(t, gmax).mul_(1.0 / teacher_temp).exp_()  # [M, K], the only full-size buffer
+        if mask is not None:
+            P.masked_fill_(~mask.unsqueeze(1), 0.0)  # padding rows may hold anything (even inf after exp)
+        # Q = diag(a) P^T diag(b) (K x M) is never materialised: each normalisation of the reference (total,
+        # prototype rows, sample columns) only rescales a or b, so one iteration is two matrix-vector products.
+        # A row (column) whose sum is below the smallest normal float is treated as empty (scale 0), where the
+        # reference would divide by that tiny value; both give it (numerically) zero mass.
+        valid = mask.to(P.dtype) if mask is not None else P.new_ones(M)  # padded samples: b = 0 (zero columns)
+        B = _all_reduce(count.clone()).clamp_min(1.0)
+        proto = _all_reduce(valid @ P)  # [K]: prototype sums of P^T diag(b)
+        a = P.new_ones(K) / _all_reduce(proto.sum()).clamp_min(_TINY)
+        b = valid
+        for i in range(n_iterations):
+            if i:
+                proto = _all_reduce(b @ P)
+            a = _safe_reciprocal(proto) / K  # prototype rows of Q -> 1/K
+            b = valid * _safe_reciprocal(P @ a) / B  # sample columns of Q -> 1/B
+        return P.mul_(b.unsqueeze(1)).mul_((a * B).unsqueeze(0))  # (Q * B)^T: each valid row sums to 1
+
+
+def _safe_reciprocal(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= _TINY, 1.0 / x.clamp_min(_TINY), torch.zeros_like(x))
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Per-row ``-sum_k t_k log_softmax(s / T)_k = sum(t) * logsumexp(s / T) - t . s / T`` (targets ``t`` constant).
+
+    One ``[R, K]`` buffer forward (``exp(s/T - max)``, kept for the backward) and one backward:
+    ``ds = g / T * (sum(t) * softmax(s / T) - t)``. Autograd through ``log_softmax`` allocates about four of each.
+    """
+
+    @staticmethod
+    def forward(ctx, s, t, temp: float):
+        inv_t = 1.0 / temp
+        dot = torch.linalg.vecdot(t, s) * inv_t  # [R]
+        t_sum = t.sum(dim=-1)
+        m = s.amax(dim=-1, keepdim=True)
+        e = torch.sub(s, m).mul_(inv_t).exp_()  # exp((s - max) / T)
+        z = e.sum(dim=-1, keepdim=True)
+        lse = torch.log(z).squeeze(-1) + m.squeeze(-1) * inv_t
+        ctx.save_for_backward(e, z, t, t_sum)
+        ctx.inv_t = inv_t
+        return t_sum * lse - dot
+
+    @staticmethod
+    def backward(ctx, g):
+        e, z, t, t_sum = ctx.saved_tensors
+        g = g * ctx.inv_t
+        ds = torch.mul(e, (g * t_sum).unsqueeze(1) / z).addcmul_(t, g.unsqueeze(1), value=-1.0)
+        return ds, None, None
 
 
 def _cross_entropy(teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
-    """Per-row ``-sum_k t_k log_softmax(s / T_s)_k``."""
-    lsm = F.log_softmax(student_logits.float() / student_temp, dim=-1)
-    return -(teacher_probs.float() * lsm).sum(dim=-1)
+    """Per-row ``-sum_k t_k log_softmax(s / T_s)_k`` (targets are constants)."""
+    s, t = student_logits.float(), teacher_probs.float().detach()
+    if s.dim() != 2 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return -(t * F.log_softmax(s / student_temp, dim=-1)).sum(dim=-1)
+    return _SoftCrossEntropy.apply(s, t.contiguous(), student_temp)
 
 
 class DINOLoss(TeacherNormalizer):

@@ -262,3 +262,21 @@ def test_two_ranks_use_global_statistics(tmp_path):
     ione.update_center(valid)
     torch.testing.assert_close(r0["icenter"], ione.center)
     torch.testing.assert_close(r1["icenter"], ione.center)
+
+
+def test_soft_cross_entropy_backward_matches_autograd():
+    """The CE used by the DINO and iBOT losses has a hand-written backward: gradcheck it (float64) and compare with
+    autograd through log_softmax, for targets that sum to 1, to more than 1 (DINO's summed teacher views) and 0."""
+    from pretrain.dinov2.losses import _SoftCrossEntropy
+
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(4, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.softmax(torch.randn(4, 9, dtype=torch.float64, generator=gen), -1)
+    t[1] *= 3.0
+    t[2] = 0.0
+    assert torch.autograd.gradcheck(lambda x: _SoftCrossEntropy.apply(x, t, 0.1), (s,))
+    g = torch.randn(4, dtype=torch.float64, generator=gen)
+    ours = torch.autograd.grad((_SoftCrossEntropy.apply(s, t, 0.1) * g).sum(), s)[0]
+    ref_loss = -(t * torch.log_softmax(s / 0.1, -1)).sum(-1)
+    torch.testing.assert_close(_SoftCrossEntropy.apply(s, t, 0.1), ref_loss)
+    torch.testing.assert_close(ours, torch.autograd.grad((ref_loss * g).sum(), s)[0])
