@@ -202,11 +202,14 @@ def run_recipe(args) -> tuple[list[Table], dict]:
 
     tables, extra = [], {}
     phase_cols = ["scale", "phase", "seconds", "share_of_step", "spread"]
-    sum_cols = ["scale", "arch", "batch", "crops", "img_per_s", "overhead_fraction", "data_fraction"]
+    sum_cols = ["scale", "arch", "batch", "crops", "img_per_s", "overhead_fraction", "head_flop_floor",
+                "data_fraction"]
     summary = Table("DINOv2 train step (synthetic collated batch, one process)", sum_cols, notes=[
         "overhead_fraction = (teacher heads/centering + student heads+losses fwd/bwd + clip+AdamW + EMA) / "
         "(teacher backbone fwd + student backbone fwd + bwd), phases stamped inside each step by module hooks; "
-        "median over steps; target <= 0.15."])
+        "median over steps; target <= 0.15. head_flop_floor = head MACs (teacher fwd + student fwd/bwd, cls rows of "
+        "every crop + masked patches) / backbone MACs (fvcore): what the heads cost at the backbone's own efficiency, "
+        "before any element-wise work, optimizer or EMA."])
     phases = Table("DINOv2 step breakdown (medians over steps)", phase_cols)
     sup = Table("Supervised step (encoder + linear head + CE + AdamW)",
                 ["scale", "arch", "img_size", "batch", "img_per_s", "full_step_s", "backbone_fwd_bwd_s",
@@ -226,7 +229,8 @@ def run_recipe(args) -> tuple[list[Table], dict]:
         extra[f"dinov2_{scale}"] = r
         summary.add(scale=scale, arch=r["arch"], batch=r["batch"],
                     crops=f"2x{r['global_size']} + {r['n_local']}x{r['local_size']}", img_per_s=r["img_per_s"],
-                    overhead_fraction=r["overhead_fraction"], data_fraction=r["data_fraction"])
+                    overhead_fraction=r["overhead_fraction"], head_flop_floor=r["head_flop_floor"],
+                    data_fraction=r["data_fraction"])
         step = r["phases_s"]["full step"]
         for k, v in list(r["phases_s"].items()) + list(r["derived_s"].items()):
             phases.add(scale=scale, phase=k, seconds=v, share_of_step=v / step, spread=r["spread"].get(k))

@@ -64,9 +64,11 @@ class _PhaseClock:
     """Timestamps taken inside one ``forward_backward`` call by module hooks (CUDA-synchronised).
 
     * pre/post forward hooks on the teacher and student backbones;
-    * tensor hooks on every floating output of the student backbone: the *last* gradient to arrive marks the end
-      of the heads' and losses' backward (autograd runs the later-created head nodes first), i.e. the start of the
-      backbone's own backward.
+    * tensor hooks on every floating output of the student backbone: the *first* gradient to arrive marks the end
+      of the heads' and losses' backward, i.e. the start of the backbone's own backward. The CPU autograd engine
+      runs ready nodes in decreasing creation order, so every head/loss node (created after the backbone) has run
+      before the first node created inside the backbone forward; a later output hook can fire only after whole
+      backbone branches (e.g. the local crops') ran, so the last arrival would bill backbone work to the heads.
     """
 
     def __init__(self, model):
@@ -96,13 +98,56 @@ class _PhaseClock:
         return hook
 
     def _grad_arrival(self, grad):
-        sync()
-        self.t["grad_at_backbone"] = time.perf_counter()
+        if "grad_at_backbone" not in self.t:
+            sync()
+            self.t["grad_at_backbone"] = time.perf_counter()
         return None
 
     def remove(self):
         for h in self.handles:
             h.remove()
+
+
+def head_macs_per_row(head: nn.Module) -> int:
+    """MACs of one row through a DINO head: every Linear / prototype weight is one multiply-add per element."""
+    from ..dinov2.heads import PrototypeLayer
+
+    return sum(m.weight.numel() for m in head.modules() if isinstance(m, (nn.Linear, PrototypeLayer)))
+
+
+def overhead_flop_floor(cfg, model, batch) -> dict:
+    """The share of the step's MACs that the heads need, relative to the backbone's (the overhead a perfectly
+    efficient implementation would still show, before optimizer and EMA).
+
+    Rows through the heads: the student's cls tokens of every crop plus the masked patches, the teacher's global
+    cls tokens plus the masked patches. Backward costs twice the forward (student); the teacher has no backward.
+    Backbone MACs come from fvcore at the global and local crop sizes.
+    """
+    from .flops import count_flops
+
+    B, n_local = cfg.train.batch_size_per_gpu, cfg.crops.local_crops_number
+    n_masked = int(batch["n_masked_patches"].reshape(-1)[0]) if model.do_ibot else 0
+    dino = head_macs_per_row(model.student["dino_head"])
+    ibot = head_macs_per_row(model.student["ibot_head"]) if model.ibot_separate_head else dino
+    student_head = B * (2 + n_local) * dino + n_masked * ibot
+    teacher_head = 2 * B * dino + n_masked * ibot
+    bb = model.student["backbone"]
+    # the JIT trace cannot follow DINOv2's scale_factor pos-embed resize (offset 0.1); the resize is not counted
+    # anyway, so trace with a size-based resize
+    offset = getattr(bb, "interpolate_offset", None)
+    try:
+        if offset:
+            bb.interpolate_offset = 0.0
+        g, loc = (count_flops(bb, torch.randn(1, 3, s, s)).total
+                  for s in (cfg.crops.global_crops_size, cfg.crops.local_crops_size))
+    finally:
+        if offset:
+            bb.interpolate_offset = offset
+        bb.train()
+    backbone = 2 * B * g + 3 * (2 * B * g + n_local * B * loc)
+    heads = teacher_head + 3 * student_head
+    return {"head_gmacs": heads / 1e9, "backbone_gmacs": backbone / 1e9, "floor": heads / backbone,
+            "head_rows": {"student": B * (2 + n_local) + n_masked, "teacher": 2 * B + n_masked}}
 
 
 def dinov2_step_breakdown(cfg, repeats: int = 3, warmup: int = 1, device="cpu") -> dict:
@@ -161,6 +206,7 @@ def dinov2_step_breakdown(cfg, repeats: int = 3, warmup: int = 1, device="cpu") 
                 steps.append(ph)
     finally:
         clock.remove()
+    floor = overhead_flop_floor(cfg, model, collate(samples))
     med = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
     spread = {k: (max(s[k] for s in steps) - min(s[k] for s in steps)) / med[k] if med[k] > 0 else 0.0
               for k in steps[0]}
@@ -178,6 +224,7 @@ def dinov2_step_breakdown(cfg, repeats: int = 3, warmup: int = 1, device="cpu") 
         "derived_s": {"backbone compute (teacher fwd + student fwd/bwd)": backbone,
                       "overhead (heads, losses, optimizer, EMA)": sum(med[k] for k in overhead_keys)},
         "overhead_fraction": statistics.median(fracs), "overhead_fraction_per_step": fracs, "params": n_params,
+        "head_flop_floor": floor["floor"], "flops": floor,
         "data_fraction": med["data (collate + masks)"] / med["full step"],
     }
 
