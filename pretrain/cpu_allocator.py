@@ -4,9 +4,13 @@ PyTorch's CPU allocator is plain ``malloc``. glibc serves every block above ``M_
 dynamically up to 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` on free, so each new activation
 tensor of a few MiB pays one page fault per 4 KiB page on first touch. On the 2-core CI machine that made a
 1.2 MB element-wise op ~10x slower than the arithmetic (0.44 ms vs 0.047 ms per ``x * y`` on a ``[4, 4, 197, 96]``
-tensor, 200 repeats; compare ``OCTO_MALLOC_TUNING=0`` runs of ``launchers/benchmark.py``). Raising the mmap threshold to its 32 MiB maximum and never trimming the heap
-makes freed buffers reusable, which is what jemalloc/tcmalloc (Intel's recommended CPU setup) and the CUDA
-caching allocator do. Cost: the process keeps its peak heap mapped (RSS does not shrink after a peak).
+tensor, 200 repeats;
+compare ``OCTO_MALLOC_TUNING=0`` runs of ``launchers/benchmark.py``). Blocks above the 32 MiB cap of the
+threshold (a ``[65536, 256]`` prototype gradient, ``[rows, 65536]`` DINOv2 logits) would still be mapped afresh,
+so ``M_MMAP_MAX = 0`` serves every block from the heap: allocating ``w * 1.5`` for a ``[65536, 256]`` tensor
+took 24.8 ms with the threshold alone and 5.5 ms with it. Together with a never-trimmed heap this is what
+jemalloc/tcmalloc (Intel's recommended CPU setup) and the CUDA caching allocator do. Cost: the process keeps its
+peak heap mapped (RSS does not shrink after a peak).
 
 Applied by every launcher (``pretrain.launch`` and ``launchers/benchmark.py``) in each rank process; opt out with
 ``OCTO_MALLOC_TUNING=0``. A no-op where glibc's ``mallopt`` is unavailable (macOS, musl) and on CUDA tensors.
@@ -19,6 +23,7 @@ import os
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's upper bound on 64-bit (4 * 1024 * 1024 * sizeof(long))
 
 _state: dict = {}
@@ -36,7 +41,7 @@ def tune_cpu_allocator() -> bool:
         except (OSError, AttributeError):
             mallopt = None
         if mallopt is not None:
-            active = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
-                mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+            active = all(bool(mallopt(k, v)) for k, v in (
+                (M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, 2 ** 31 - 1), (M_MMAP_MAX, 0)))
     _state["active"] = active
     return active
