@@ -172,3 +172,33 @@ def test_any_encoder_trains_in_the_recipe(tmp_path, fresh_dist):
     s = run(load_ssl_config(str(f), [f"train.output_dir={out}"], world_size=1))
     assert s["iterations"] == 4
     assert _losses(out) and all(v == v for v in _losses(out).values())
+
+
+def test_hybrid_octic_student_on_two_fsdp_ranks_stays_equivariant(tmp_path):
+    """The octic blocks (packed D8Tokens, hand-written backwards) train under FSDP2 on 2 ranks and resume on 1; the
+    exported teacher's octic trunk is still exactly D8-equivariant (frozen zero token entries stayed zero)."""
+    out = str(tmp_path / "octic")
+    arch = ["student.arch=hybrid_vit_small", "student.drop_path_rate=0.1"]
+    r = run_launcher("--config-file", TINY, "--output-dir", out, "--local", "--ngpus", "2",
+                     "train.stop_at_iteration=4", *arch)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = run_launcher("--config-file", TINY, "--output-dir", out, "--local", "--ngpus", "1", *arch)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "at iteration 4" in r.stdout
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 9)) and all(v == v for v in losses.values())
+
+    from pretrain.dinov2.meta_arch import backbone_kwargs
+    from pretrain.models.octic import group as G
+
+    cfg = load_ssl_config(TINY, arch, world_size=1)
+    model = build_encoder(cfg.student.arch, **backbone_kwargs(cfg, teacher=True)).eval()
+    assert load_pretrained(model, os.path.join(out, "teacher_backbone.safetensors")).ok
+    assert model.octic_equi_break_layer == 1
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.octic_trunk_features(img)
+        for g in G.ELEMENTS:
+            moved = G.token_action(g, ref, (4, 4), n_prefix=1)
+            got = model.octic_trunk_features(G.image_action(g, img))
+            assert max((a - b).abs().max().item() for a, b in zip(got, moved)) < 1e-4, g
