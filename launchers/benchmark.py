@@ -263,10 +263,10 @@ def run_data(args) -> list[Table]:
 def run_knn(args) -> list[Table]:
     from pretrain.benchmark.knn_scaling import knn_scaling
 
-    cols = ["N", "search", "chunk", "time_s", "us_per_train_per_query", "peak_rss_delta_mb", "bank_mb", "spread"]
+    cols = ["N", "search", "chunk", "time_s", "us_per_train_per_query", "peak_mem_mb", "bank_mb", "spread"]
     t = Table(f"k-NN search scaling (eval.knn.local_topk, {args.queries} queries, dim {args.dim}, k=20)", cols,
-              notes=["peak_rss_delta_mb: working memory of one search (bank allocated before); chunked should stay "
-                     "flat, time per train sample constant."])
+              notes=["peak_mem_mb: working memory of one search (peak live tensor bytes; the bank is allocated "
+                     "before); chunked should stay flat, time per train sample constant."])
     for r in knn_scaling(args.ns, args.dim, args.queries, 20, args.chunk_size, args.repeats, args.warmup,
                          unchunked=not args.no_unchunked):
         t.add(**{c: r[c] for c in cols})

@@ -10,11 +10,13 @@ numbers are MACs. Counted:
   as ``B*H*(N*M*d_qk + N*M*d_v)`` (the ``q k^T`` and ``attn @ v`` matmuls; softmax not counted),
   ``aten::_convolution_mode`` (convs with ``padding='same'``), and
   ``aten::einsum`` of two operands as the product of the sizes of all indices (exact for one pairwise
-  contraction, with ``...`` broadcasting; the octic GELU's ``Q^T v`` / ``Q v`` change of basis).
+  contraction, with ``...`` broadcasting). The octic GELU's ``Q^T v`` / ``Q v`` change of basis traces as two
+  ``mm`` and is counted by fvcore (the octic layers switch to plain ops under tracing; their hand-written
+  autograd Functions are invisible to the JIT).
 
 Skipped (fvcore ignores them; listed per model in ``FlopReport.skipped``): element-wise ops (add, mul, div,
-GELU, softmax, exp, sqrt, clamp...), reductions (mean, var, sum) -- so the octic LayerNormD8, which is built
-from mean/var/div, costs 0 while ``nn.LayerNorm`` is counted by fvcore's norm handler (< 1 % of a ViT either
+GELU, softmax, exp, sqrt, clamp...), reductions (mean, var, sum) -- so the octic LayerNormD8, which traces as
+var_mean/addcmul, costs 0 while ``nn.LayerNorm`` is counted by fvcore's norm handler (< 1 % of a ViT either
 way) -- and pure data movement (cat, reshape, permute, rot90, flip, index). Counts come from a JIT trace at
 batch 1, so data-dependent branches follow the traced input.
 """

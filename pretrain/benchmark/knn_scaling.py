@@ -1,8 +1,9 @@
 """Scaling of ``eval.knn``'s chunked top-k search with the train-set size N.
 
 For each N a random L2-normalised bank ``[N, D]`` is allocated *before* measuring; then one search of ``Q``
-queries (``eval.knn.local_topk``) is timed (median of repeats) and its peak RSS delta is sampled
-(memory.RSSPeak). With a fixed ``chunk_size`` the working memory is ``O(Q * (chunk + k))`` whatever N, and the
+queries (``eval.knn.local_topk``) is timed (median of repeats) and its working memory is measured as the peak of
+live tensor bytes above the level at the call's start (``memory.peak_memory_mb``; an RSS delta reads ~0 once the
+process owns the memory). With a fixed ``chunk_size`` the working memory is ``O(Q * (chunk + k))`` whatever N, and the
 time grows linearly with N (reported as microseconds per train sample and per query). The unchunked search
 (``chunk_size = N``) is measured next to it for contrast: its working memory grows with N.
 """
@@ -13,7 +14,7 @@ import gc
 import torch
 import torch.nn.functional as F
 
-from .memory import RSSPeak
+from .memory import peak_memory_mb
 from .timing import measure
 
 
@@ -34,12 +35,11 @@ def knn_scaling(ns=(4096, 16384, 65536), dim: int = 384, n_queries: int = 256, k
 
             st = measure(go, warmup, repeats)
             gc.collect()
-            with RSSPeak(0.001) as r:
-                go()
+            mem = peak_memory_mb(go)
             rows.append({"N": n, "search": label, "chunk": cs, "queries": n_queries, "dim": dim, "k": k,
                          "time_s": st.median, "spread": st.spread,
                          "us_per_train_per_query": 1e6 * st.median / (n * n_queries),
-                         "peak_rss_delta_mb": r.delta_bytes / 2 ** 20,
+                         "peak_mem_mb": mem["peak_mb"], "mem_kind": mem["kind"],
                          "bank_mb": bank.numel() * 4 / 2 ** 20})
         del bank
         gc.collect()
