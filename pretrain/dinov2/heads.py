@@ -43,8 +43,9 @@ class _UnitRowLinear(torch.autograd.Function):
         dx = torch.zeros_like(x) if need_x else None
         dw = torch.empty_like(w) if need_w else None
         K = w.shape[0]
-        for a in range(0, K, PROTOTYPE_CHUNK):  # chunks of prototypes: every temporary stays small
-            b = min(K, a + PROTOTYPE_CHUNK)
+        chunk = max(PROTOTYPE_CHUNK, CHUNK_ELEMENTS // max(1, g.shape[0]))  # temporaries <= ~64 MiB (fp32)
+        for a in range(0, K, chunk):  # chunks of prototypes
+            b = min(K, a + chunk)
             gs = g[:, a:b] * inv[a:b]
             if need_x:
                 dx.addmm_(gs, w[a:b])
@@ -55,7 +56,8 @@ class _UnitRowLinear(torch.autograd.Function):
         return dx, dw, None
 
 
-PROTOTYPE_CHUNK = 8192
+PROTOTYPE_CHUNK = 8192  # fewest prototypes per backward chunk
+CHUNK_ELEMENTS = 2 ** 24  # a chunk's [rows, chunk] temporaries hold at most this many elements (one chunk on CPU)
 
 
 class PrototypeLayer(nn.Module):

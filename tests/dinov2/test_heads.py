@@ -145,11 +145,11 @@ def test_prototype_layer_backward_chunking():
     w = torch.randn(11, 4, dtype=torch.float64, generator=gen, requires_grad=True)
     g = torch.randn(3, 11, dtype=torch.float64, generator=gen)
     one = torch.autograd.grad((heads._UnitRowLinear.apply(x, w, 1e-12) * g).sum(), (x, w))
-    old = heads.PROTOTYPE_CHUNK
+    old = heads.PROTOTYPE_CHUNK, heads.CHUNK_ELEMENTS
     try:
-        heads.PROTOTYPE_CHUNK = 4
+        heads.PROTOTYPE_CHUNK, heads.CHUNK_ELEMENTS = 4, 1
         many = torch.autograd.grad((heads._UnitRowLinear.apply(x, w, 1e-12) * g).sum(), (x, w))
     finally:
-        heads.PROTOTYPE_CHUNK = old
+        heads.PROTOTYPE_CHUNK, heads.CHUNK_ELEMENTS = old
     for a, b in zip(one, many):
         torch.testing.assert_close(a, b)
