@@ -4,7 +4,9 @@
   width and patch: params and fvcore GFLOPs per 224-px image, built with uninitialised storage
   (flops.build_empty), and the FLOP ratio octic / standard.
 * :func:`throughput_pairs` -- interleaved fwd and fwd+bwd img/s of standard vs octic at one width, with the
-  measured speed-up next to the FLOP ratio and ``efficiency = (1 - time ratio) / (1 - FLOP ratio)``
+  measured speed-up next to the FLOP ratio, ``efficiency = (1 - time ratio) / (1 - FLOP ratio)`` (share of the
+  FLOP cut saved as time) and ``speed_gain_share = (speed-up - 1) / (1 / FLOP ratio - 1)`` (share of the ideal
+  speed gain; stricter: x0.61 FLOPs needs x1.51 for 0.8)
   (1.0 = the whole FLOP reduction shows up as speed).
 * :func:`block_profile` -- torch.profiler table (self CPU time per op) of one octic block vs one standard block
   (forward + backward), which shows where the octic block spends the time its FLOPs do not account for.
@@ -60,6 +62,8 @@ def throughput_pairs(width: str = "small", img_size: int = 224, batch_size: int 
         for w in ("fwd", "fwd_bwd"):
             tr = 1.0 / r[f"ratio_{w}"]  # time ratio octic / standard
             r[f"efficiency_{w}"] = (1 - tr) / (1 - fr) if fr < 0.999 else None
+            # the example reading: x0.61 FLOPs "should give x1.5", i.e. 80 % of the ideal speed gain 1/fr - 1
+            r[f"speed_gain_share_{w}"] = (r[f"ratio_{w}"] - 1) / (1 / fr - 1) if fr < 0.999 else None
     return rows
 
 
