@@ -80,7 +80,10 @@ def build_parser():
     p.add_argument("--widths", nargs="*", default=["small", "base"])
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--no-inv-early", action="store_true", help="throughput: standard vs hybrid only")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the whole model")
+    p.add_argument("--compile-blocks", action="store_true",
+                   help="also time every block compiled (as train.compile=true); compiled rows are compared with "
+                        "the compiled ViT")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of an octic vs standard block")
     _common(p, batch=4)
     p = sub.add_parser("recipe", help="DINOv2 / supervised train-step img/s and breakdown")
@@ -175,7 +178,8 @@ def run_octic(args) -> tuple[list[Table], dict]:
     for w in args.widths:
         rows = O.throughput_pairs(w, args.img_size, args.batch_size, args.repeats, args.warmup,
                                   inv_early=not args.no_inv_early,
-                                  compile_variants=(False, True) if args.compile else (False,))
+                                  compile_variants=(False,) + ((True,) if args.compile else ())
+                                  + (("blocks",) if args.compile_blocks else ()))
         t = Table(f"Octic vs standard throughput, ViT-{w[0].upper()}/16 at {args.img_size} px ({args.device}, "
                   f"interleaved)", cols, notes=[
                       "ratio = speed relative to the standard ViT (>1 faster); efficiency = (1 - time ratio) / "

@@ -130,10 +130,22 @@ class Workloads:
     fwd_bwd: Callable[[], object]
 
 
-def make_workloads(model: nn.Module, x: torch.Tensor, compile: bool = False, amp: bool = False) -> Workloads:
+def make_workloads(model: nn.Module, x: torch.Tensor, compile: bool | str = False, amp: bool = False) -> Workloads:
+    """``compile=True`` compiles the whole measured call; ``compile="blocks"`` compiles every transformer block of a
+    copy of ``model`` (as the recipes do with ``train.compile=true``): one compilation per block class, and
+    the eager model stays untouched for interleaved comparisons."""
     device = x.device
+    if compile == "blocks":
+        import copy
+
+        from ..fsdp import find_fsdp_units
+
+        model = copy.deepcopy(model)
+        for unit in find_fsdp_units(model):
+            if unit is not model:
+                unit.compile()
     feats = Features(model)
-    call = torch.compile(feats) if compile else feats
+    call = torch.compile(feats) if compile is True else feats
     params = [p for p in model.parameters() if p.requires_grad]
 
     def fwd():
@@ -215,7 +227,8 @@ def compare(cases: list[Case], batch_size: int, repeats: int = 5, warmup: int = 
         for comp in compile_variants:
             if comp and compile_first_only and i > 0:
                 continue
-            k = (case.label + (" [compiled]" if comp else ""), case, model, comp)
+            suffix = " [compiled blocks]" if comp == "blocks" else (" [compiled]" if comp else "")
+            k = (case.label + suffix, case, model, comp)
             keys.append(k)
             wls[k[0]] = make_workloads(model, x, compile=comp, amp=amp)
     fwd = alternate({k[0]: wls[k[0]].fwd for k in keys}, warmup, repeats)

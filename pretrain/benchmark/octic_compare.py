@@ -59,7 +59,9 @@ def throughput_pairs(width: str = "small", img_size: int = 224, batch_size: int 
         fr = flops[i // per_case] / flops[0]
         r["gflops"] = flops[i // per_case] / 1e9
         r["flop_ratio"] = fr
+        ref = rows[i % per_case]  # the standard ViT in the same variant (eager vs eager, compiled vs compiled)
         for w in ("fwd", "fwd_bwd"):
+            r[f"ratio_{w}"] = r[f"{w}_img_s"] / ref[f"{w}_img_s"]
             tr = 1.0 / r[f"ratio_{w}"]  # time ratio octic / standard
             r[f"efficiency_{w}"] = (1 - tr) / (1 - fr) if fr < 0.999 else None
             # the example reading: x0.61 FLOPs "should give x1.5", i.e. 80 % of the ideal speed gain 1/fr - 1
