@@ -159,11 +159,12 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
 _Q_CACHE: dict = {}
 
 
-def _q(device, dtype) -> torch.Tensor:
-    """The change of basis ``Q`` (regular -> isotypic) on ``device``/``dtype``, built once per pair."""
+def _q(device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Q, Q^T)`` (regular -> isotypic change of basis, both contiguous) on ``device``/``dtype``, built once."""
     key = (device, dtype)
     if key not in _Q_CACHE:
-        _Q_CACHE[key] = Q.to(device=device, dtype=dtype)
+        q = Q.to(device=device, dtype=dtype)
+        _Q_CACHE[key] = (q, q.t().contiguous())
     return _Q_CACHE[key]
 
 
@@ -286,7 +287,7 @@ class LayerNormD8(nn.Module):
     def forward(self, t: D8Tokens) -> D8Tokens:
         t = D8Tokens(*t)  # tracing (fvcore, jit) hands plain tuples
         if _tracing():
-            out = _normalize_d8(t.ones, t.e, self.eps)[0]  # plain ops: visible to tracers / Inductor
+            out = _normalize_d8(t.ones, t.e, self.eps)  # plain ops: visible to tracers / Inductor
         else:
             out = D8Tokens(*_NormalizeD8.apply(t.ones, t.e, self.eps))
         return self.scaling(out)
@@ -298,7 +299,7 @@ def _normalize_d8(ones, e, eps):
     var_e, mu_e = torch.var_mean(e, dim=-1, correction=0, keepdim=True)  # [2, *lead, 1]
     inv = torch.rsqrt(var1.sum(0) + var_e.mean(0) + eps) / SQRT2_OVER_4  # 1/sigma, [*lead, 1]
     # (x - mu) / sigma as one addcmul per tensor: x * inv + (-mu * inv)
-    return D8Tokens(torch.addcmul(-mu1 * inv, ones, inv), torch.addcmul(-mu_e * inv, e, inv)), inv
+    return D8Tokens(torch.addcmul(-mu1 * inv, ones, inv), torch.addcmul(-mu_e * inv, e, inv))
 
 
 LN_EPS = 1e-12  # only keeps the fused kernel finite on constant rows; subtracted again from the variances
@@ -347,7 +348,7 @@ class _GeluD8Slots(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v):
-        q, qt = _q(v.device, v.dtype), _q_t(v.device, v.dtype)
+        q, qt = _q(v.device, v.dtype)
         with torch.autocast(v.device.type, enabled=False):
             reg = torch.mm(qt, v)
             out = torch.mm(q, F.gelu(reg))
@@ -357,19 +358,9 @@ class _GeluD8Slots(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (reg,) = ctx.saved_tensors
-        q, qt = _q(reg.device, reg.dtype), _q_t(reg.device, reg.dtype)
+        q, qt = _q(reg.device, reg.dtype)
         with torch.autocast(reg.device.type, enabled=False):
             return torch.mm(q, torch.ops.aten.gelu_backward(torch.mm(qt, g.contiguous()), reg))
-
-
-_QT_CACHE: dict = {}
-
-
-def _q_t(device, dtype) -> torch.Tensor:
-    key = (device, dtype)
-    if key not in _QT_CACHE:
-        _QT_CACHE[key] = Q.t().contiguous().to(device=device, dtype=dtype)
-    return _QT_CACHE[key]
 
 
 def gelu_d8_slots(ones: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor):
@@ -381,7 +372,8 @@ def gelu_d8_slots(ones: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor):
     shape = ones.shape[1:]
     v = torch.cat((ones.reshape(4, -1), e0.reshape(2, -1), e1.reshape(2, -1)))
     if _tracing():  # plain ops, visible to tracers (fvcore FLOP counts) and Inductor
-        out = torch.mm(_q(v.device, v.dtype), F.gelu(torch.mm(_q_t(v.device, v.dtype), v)))
+        q, qt = _q(v.device, v.dtype)
+        out = torch.mm(q, F.gelu(torch.mm(qt, v)))
     else:
         out = _GeluD8Slots.apply(v)
     o, e = out.split(4)  # split, not two slices: its backward is one cat, not two zero-filled copies
