@@ -71,8 +71,9 @@ class TeacherNormalizer(nn.Module):
         """``softmax((t - center) / teacher_temp)`` in fp32 with the current centre."""
         if teacher_output.shape[-1] != self.out_dim:
             raise ValueError(f"teacher output must end in {self.out_dim} prototypes, got {tuple(teacher_output.shape)}")
-        # one temporary and PyTorch's fused softmax: 4 reads + 3 writes of [rows, K] instead of 7 + 5
-        return F.softmax(torch.sub(teacher_output.float(), self.center).mul_(1.0 / teacher_temp), dim=-1)
+        # one temporary ``t / T - c / T`` (a single pass) and PyTorch's fused softmax
+        inv_t = 1.0 / teacher_temp
+        return F.softmax(torch.add(self.center * -inv_t, teacher_output.float(), alpha=inv_t), dim=-1)
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor, n_valid=None) -> None:
@@ -142,7 +143,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
         dot = torch.linalg.vecdot(t, s) * inv_t  # [R]
         t_sum = t.sum(dim=-1)
         m = s.amax(dim=-1, keepdim=True)
-        e = torch.sub(s, m).mul_(inv_t).exp_()  # exp((s - max) / T)
+        e = torch.add(m * -inv_t, s, alpha=inv_t).exp_()  # exp(s / T - max / T), one pass before the exp
         z = e.sum(dim=-1, keepdim=True)
         lse = torch.log(z).squeeze(-1) + m.squeeze(-1) * inv_t
         ctx.save_for_backward(e, z, t, t_sum)

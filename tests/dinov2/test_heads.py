@@ -153,3 +153,24 @@ def test_prototype_layer_backward_chunking():
         heads.PROTOTYPE_CHUNK, heads.CHUNK_ELEMENTS = old
     for a, b in zip(one, many):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 9])
+def test_prototype_layer_tiled_forward_matches_normalized_linear(rows):
+    """The CPU forward walks the prototypes in tiles (the last one partial); it must equal ``x @ normalize(w).T``
+    computed directly, for one tile, several tiles, and more rows than the tiled path takes (plain GEMM)."""
+    from pretrain.dinov2 import heads
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(rows, 4, dtype=torch.float64, generator=gen)
+    w = torch.randn(11, 4, dtype=torch.float64, generator=gen)
+    ref = x @ torch.nn.functional.normalize(w, dim=1, eps=1e-12).t()
+    old = heads.TILE_ELEMENTS, heads.MIN_TILE, heads.TILED_MAX_ROWS
+    try:
+        for tile_elems, max_rows in ((10 ** 6, 1024), (rows * 3, 1024), (1, 1024), (1, rows - 1)):
+            heads.TILE_ELEMENTS, heads.MIN_TILE, heads.TILED_MAX_ROWS = tile_elems, 1, max_rows
+            y = heads._UnitRowLinear.apply(x, w, 1e-12)
+            assert y.shape == (rows, 11) and y.is_contiguous()
+            torch.testing.assert_close(y, ref)
+    finally:
+        heads.TILE_ELEMENTS, heads.MIN_TILE, heads.TILED_MAX_ROWS = old

@@ -103,7 +103,10 @@ def test_clip_grad_norm_plain_matches_numpy():
     assert abs(float(n) - total) < 1e-4
     for p, g in zip(ps, grads):
         np.testing.assert_allclose(p.grad.numpy(), g * min(1.0, 1.0 / (total + 1e-6)), rtol=1e-5)
-    assert float(clip_grad_norm_(ps, 100.0)) == pytest.approx(1.0, abs=1e-4)  # already clipped: unchanged
+    clipped = [p.grad.clone() for p in ps[:2]]
+    assert float(clip_grad_norm_(ps, 100.0)) == pytest.approx(1.0, abs=1e-4)  # below the limit: unchanged
+    for p, g in zip(ps, clipped):
+        assert torch.equal(p.grad, g)
 
 
 def test_dtypes_and_precision_policy():
