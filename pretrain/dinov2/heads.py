@@ -34,26 +34,32 @@ class _UnitRowLinear(torch.autograd.Function):
         inv = norm.clamp_min(eps).reciprocal()
         y = _scaled_logits(x, w, inv)
         ctx.save_for_backward(x, w, inv, norm > eps)
+        ctx.compute_dtype = y.dtype  # the GEMM's dtype (bf16 under autocast); the backward GEMMs use it too
         return y
 
     @staticmethod
     def backward(ctx, g):
         x, w, inv, free = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        dx = torch.zeros_like(x) if need_x else None
+        cdt = ctx.compute_dtype  # mixed precision: GEMMs in the forward's dtype, the projection in w's dtype
+        xc, wc = x.to(cdt), w.to(cdt)
+        dx = torch.zeros_like(xc) if need_x else None
         dw = torch.empty_like(w) if need_w else None
         K = w.shape[0]
         chunk = max(PROTOTYPE_CHUNK, CHUNK_ELEMENTS // max(1, g.shape[0]))  # temporaries <= ~64 MiB (fp32)
         for a in range(0, K, chunk):  # chunks of prototypes
             b = min(K, a + chunk)
-            gs = g[:, a:b] * inv[a:b]
+            gs = (g[:, a:b] * inv[a:b]).to(cdt)
             if need_x:
-                dx.addmm_(gs, w[a:b])
+                dx.addmm_(gs, wc[a:b])
             if need_w:
-                G = torch.mm(gs.t(), x, out=dw[a:b])
+                if cdt == w.dtype:
+                    G = torch.mm(gs.t(), xc, out=dw[a:b])
+                else:
+                    G = dw[a:b].copy_(torch.mm(gs.t(), xc))
                 coef = torch.linalg.vecdot(w[a:b], G) * inv[a:b].square() * free[a:b]
                 G.addcmul_(w[a:b], coef.unsqueeze(1), value=-1.0)
-        return dx, dw, None
+        return (dx.to(x.dtype) if need_x else None), dw, None
 
 
 PROTOTYPE_CHUNK = 8192  # fewest prototypes per backward chunk
@@ -76,13 +82,16 @@ def _scaled_logits(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor) -> torch
     R, K = x.shape[0], w.shape[0]
     if x.device.type != "cpu" or R > TILED_MAX_ROWS or R == 0:
         return torch.mm(x, w.t()).mul_(inv)
-    y = x.new_empty(R, K)
     tile = max(MIN_TILE, TILE_ELEMENTS // R)
-    buf = x.new_empty(min(tile, K), R)
     xt = x.t()
+    y = buf = None
     for a in range(0, K, tile):
         b = min(K, a + tile)
-        part = torch.mm(w[a:b], xt, out=buf[: b - a])
+        if buf is None:  # the first tile's GEMM picks the dtype (autocast may compute in bf16)
+            part = buf = torch.mm(w[a:b], xt)
+            y = buf.new_empty(R, K)
+        else:
+            part = torch.mm(w[a:b], xt, out=buf[: b - a])
         torch.mul(part.t(), inv[a:b], out=y[:, a:b])
     return y
 

@@ -174,3 +174,19 @@ def test_prototype_layer_tiled_forward_matches_normalized_linear(rows):
             torch.testing.assert_close(y, ref)
     finally:
         heads.TILE_ELEMENTS, heads.MIN_TILE, heads.TILED_MAX_ROWS = old
+
+
+def test_dino_head_runs_under_cpu_autocast():
+    """CPU bf16 autocast (train.py's mixed precision on CPU): the prototype GEMM runs in bf16, the tiled forward
+    must follow autocast's dtype, and forward/backward must stay close to the fp32 result."""
+    torch.manual_seed(0)
+    head = DINOHead(32, 1000, hidden_dim=64, bottleneck_dim=16)
+    x = torch.randn(10, 32, requires_grad=True)
+    ref = head(x)
+    (gx_ref,) = torch.autograd.grad(ref.sum(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = head(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (10, 1000)
+    (gx,) = torch.autograd.grad(y.float().sum(), x)
+    torch.testing.assert_close(y.float(), ref, atol=0.03, rtol=0.05)
+    torch.testing.assert_close(gx, gx_ref, atol=0.05, rtol=0.1)
