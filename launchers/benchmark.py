@@ -139,13 +139,34 @@ def run_encoders(args) -> list[Table]:
     return [t]
 
 
+def _check_pair(pair: str) -> tuple[str, str]:
+    """``OURS:TIMM`` -> (ours, theirs), with a clear error for a malformed pair or an unknown name."""
+    from pretrain.models import list_encoders
+
+    ours, sep, theirs = pair.partition(":")
+    if not sep or not ours or not theirs:
+        raise SystemExit(f"--pairs: {pair!r} is not OURS:TIMM (e.g. vit_small:vit_small_patch16_224)")
+    if ours not in list_encoders():
+        raise SystemExit(f"--pairs: octo has no encoder {ours!r}; see `python launchers/benchmark.py encoders "
+                         f"--help` or pretrain.models.list_encoders()")
+    try:
+        import timm
+    except ImportError:
+        raise SystemExit("--pairs needs timm: pip install -e '.[dev]'") from None
+    if not timm.is_model(theirs):
+        family = theirs.split("_")[0]
+        raise SystemExit(f"--pairs: timm has no model {theirs!r}; timm's {family}* models: "
+                         f"{', '.join(timm.list_models(family + '*')[:12]) or 'none'}")
+    return ours, theirs
+
+
 def run_compare(args) -> list[Table]:
     kw = E.parse_kwargs(args.kwargs)
     cols = ["encoder", "source", "img_size", "batch", "params_M", "compile", "fwd_img_s", "ratio_fwd",
             "fwd_bwd_img_s", "ratio_fwd_bwd", "fwd_spread", "fwd_bwd_spread"]
+    pairs = [_check_pair(pair) for pair in args.pairs]  # every name checked before any timing starts
     tables = []
-    for pair in args.pairs:
-        ours, theirs = pair.split(":", 1)
+    for ours, theirs in pairs:
         okw = {**MATCH_TIMM.get(ours, {}), **_kwargs_for(kw, ours)}
         cases = [E.Case(ours, lambda: E.build_octo(ours, args.img_size, okw), args.img_size, "octo"),
                  E.Case(f"timm {theirs}", lambda: E.build_timm(theirs, args.img_size), args.img_size, "timm")]

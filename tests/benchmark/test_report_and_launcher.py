@@ -61,3 +61,16 @@ def test_launcher_knn_smoke(tmp_path):
     assert [(r["N"], r["search"]) for r in rows] == [(64, "chunked"), (64, "unchunked"), (256, "chunked"),
                                                      (256, "unchunked")]
     assert all(r["time_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("vit_small", "is not OURS:TIMM"),
+    ("vit_smal:vit_small_patch16_224", "octo has no encoder 'vit_smal'"),
+    ("convmixer_256_8:convmixer_256_8", "timm has no model 'convmixer_256_8'"),
+])
+def test_launcher_compare_rejects_bad_pairs_before_timing(tmp_path, pair, message):
+    """Every pair is checked before any model is built or timed; the error names the option and the bad name."""
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        _launcher().main(["compare", "--pairs", "vit_small:vit_small_patch16_224", pair,
+                          "--output-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
