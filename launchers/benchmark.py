@@ -179,7 +179,7 @@ def run_compare(args) -> list[Table]:
         for r in rows:
             t.add(**{c: r.get(c) for c in cols})
         tables.append(t)
-        print(f"  done {pair}", file=sys.stderr, flush=True)
+        print(f"  done {ours}:{theirs}", file=sys.stderr, flush=True)
     return tables
 
 

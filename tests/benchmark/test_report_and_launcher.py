@@ -74,3 +74,13 @@ def test_launcher_compare_rejects_bad_pairs_before_timing(tmp_path, pair, messag
         _launcher().main(["compare", "--pairs", "vit_small:vit_small_patch16_224", pair,
                           "--output-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_launcher_compare_smoke(tmp_path):
+    """Our ViT-S/16 vs timm's at 32 px: one table with both rows, the first as the ratio reference, same params."""
+    _launcher().main(["compare", "--pairs", "vit_small:vit_small_patch16_224", "--img-size", "32", "--batch-size",
+                      "1", "--repeats", "1", "--warmup", "0", "--output-dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "benchmark_compare.json").read_text())["tables"][0]["rows"]
+    assert [r["source"] for r in rows] == ["octo", "timm"]
+    assert rows[0]["ratio_fwd"] == pytest.approx(1.0) and rows[1]["ratio_fwd"] > 0
+    assert rows[0]["params_M"] == pytest.approx(rows[1]["params_M"], rel=1e-3)
