@@ -82,16 +82,16 @@ def _scaled_logits(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor) -> torch
     R, K = x.shape[0], w.shape[0]
     if x.device.type != "cpu" or R > TILED_MAX_ROWS or R == 0:
         return torch.mm(x, w.t()).mul_(inv)
+    # the dtype autocast would give the GEMM (``out=`` calls are not autocast, so cast the operands once)
+    cdt = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+           else torch.promote_types(x.dtype, w.dtype))
+    xt, wc = x.to(cdt).t(), w.to(cdt)
     tile = max(MIN_TILE, TILE_ELEMENTS // R)
-    xt = x.t()
-    y = buf = None
+    y = x.new_empty((R, K), dtype=cdt)
+    buf = x.new_empty((min(tile, K), R), dtype=cdt)
     for a in range(0, K, tile):
         b = min(K, a + tile)
-        if buf is None:  # the first tile's GEMM picks the dtype (autocast may compute in bf16)
-            part = buf = torch.mm(w[a:b], xt)
-            y = buf.new_empty(R, K)
-        else:
-            part = torch.mm(w[a:b], xt, out=buf[: b - a])
+        part = torch.mm(wc[a:b], xt, out=buf[: b - a])
         torch.mul(part.t(), inv[a:b], out=y[:, a:b])
     return y
 

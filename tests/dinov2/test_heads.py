@@ -176,9 +176,13 @@ def test_prototype_layer_tiled_forward_matches_normalized_linear(rows):
         heads.TILE_ELEMENTS, heads.MIN_TILE, heads.TILED_MAX_ROWS = old
 
 
-def test_dino_head_runs_under_cpu_autocast():
+@pytest.mark.parametrize("tile_elements", [2 ** 18, 3000])
+def test_dino_head_runs_under_cpu_autocast(monkeypatch, tile_elements):
     """CPU bf16 autocast (train.py's mixed precision on CPU): the prototype GEMM runs in bf16, the tiled forward
-    must follow autocast's dtype, and forward/backward must stay close to the fp32 result."""
+    (one tile, then several) must follow autocast's dtype, and forward/backward must stay close to fp32."""
+    from pretrain.dinov2 import heads
+
+    monkeypatch.setattr(heads, "TILE_ELEMENTS", tile_elements)  # 3000 / 10 rows -> 300 prototypes per tile
     torch.manual_seed(0)
     head = DINOHead(32, 1000, hidden_dim=64, bottleneck_dim=16)
     x = torch.randn(10, 32, requires_grad=True)
