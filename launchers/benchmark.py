@@ -94,6 +94,12 @@ def build_parser():
     p.add_argument("--override", nargs="*", default=[], help="extra key=value for the SSL config")
     # 3 warm-up steps: glibc grows the heap for the first steps' large [rows, 65536] buffers (page faults)
     _common(p, batch=0, repeats=3, warmup=3)
+    p = sub.add_parser("prototypes", help="DINOv2 prototype layer: one GEMM vs tiled forward, and its backward")
+    p.add_argument("--rows", type=int, nargs="+", default=[140, 280, 560, 1100],
+                   help="rows through the layer (a DINOv2 step: cls tokens of every crop + masked patches)")
+    p.add_argument("--prototypes", type=int, default=65536)
+    p.add_argument("--dim", type=int, default=256, help="bottleneck dim")
+    _common(p, repeats=7, warmup=2)
     p = sub.add_parser("data", help="multi-crop augmentation img/s per worker vs plain torchvision PIL")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--size", default="500x375")
@@ -277,6 +283,21 @@ def run_recipe(args) -> tuple[list[Table], dict]:
     return tables, extra
 
 
+def run_prototypes(args) -> list[Table]:
+    from pretrain.benchmark.recipe_step import prototype_forward_timing
+
+    cols = ["rows", "prototypes", "dim", "tile", "one_gemm_ms", "tiled_ms", "speedup", "one_gemm_gmac_s",
+            "tiled_gmac_s", "backward_ms", "backward_gmac_s", "layer_uses", "spread"]
+    t = Table(f"Prototype layer forward, one GEMM vs tiled ({args.device}, interleaved)", cols, notes=[
+        "one GEMM: x @ w.T into a new [rows, prototypes] tensor, then the 1/||w_k|| column scaling in place; "
+        "tiled: w[tile] @ x.T into a cache-sized [tile, rows] buffer, stored transposed and scaled; speedup = one "
+        "GEMM time / tiled time. backward: dx and dw of the layer (2 GEMMs + the projection). layer_uses: the "
+        "path pretrain.dinov2.heads takes for this many rows."])
+    for rows in args.rows:
+        t.add(**prototype_forward_timing(rows, args.prototypes, args.dim, args.repeats, args.warmup, args.device))
+    return [t]
+
+
 def run_data(args) -> list[Table]:
     from pretrain.benchmark.data_pipeline import augmentation_throughput
 
@@ -322,6 +343,8 @@ def main(argv=None) -> str:
         tables, extra = run_recipe(args)
     elif args.mode == "data":
         tables = run_data(args)
+    elif args.mode == "prototypes":
+        tables = run_prototypes(args)
     else:
         tables = run_knn(args)
     cmd = "python launchers/benchmark.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None

@@ -258,3 +258,35 @@ def supervised_step_breakdown(arch: str, img_size: int, batch_size: int, num_cla
     return {"arch": arch, "img_size": img_size, "batch": batch_size, "img_per_s": batch_size / full,
             "phases_s": {"full step": full, "backbone fwd+bwd": bb},
             "spread": {k: v.spread for k, v in st.items()}, "overhead_fraction": (full - bb) / bb}
+
+
+def prototype_forward_timing(rows: int, prototypes: int = 65536, dim: int = 256, repeats: int = 7,
+                             warmup: int = 2, device="cpu") -> dict:
+    """The prototype layer's forward ``(x @ w.T) * (1 / ||w_k||)`` both ways ``pretrain.dinov2.heads`` has,
+    interleaved: one GEMM writing the ``[rows, prototypes]`` output plus an in-place scaling, and the tiled
+    transposed GEMM the layer uses on CPU up to ``TILED_MAX_ROWS`` rows; plus the layer's hand-written backward."""
+    from ..dinov2 import heads
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, dim, generator=g).to(device)
+    w = torch.randn(prototypes, dim, generator=g).to(device)
+    inv = torch.linalg.vector_norm(w, dim=1).reciprocal()
+    xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    grad = torch.randn(rows, prototypes, generator=g).to(device)
+    y = heads._UnitRowLinear.apply(xg, wg, 1e-12)
+
+    def backward():
+        torch.autograd.grad(y, (xg, wg), grad, retain_graph=True)
+
+    st = alternate({"one GEMM": lambda: heads.one_gemm_scaled_logits(x, w, inv),
+                    "tiled": lambda: heads.tiled_scaled_logits(x, w, inv), "backward": backward}, warmup, repeats)
+    macs = rows * prototypes * dim
+    return {"rows": rows, "prototypes": prototypes, "dim": dim,
+            "tile": max(heads.MIN_TILE, heads.TILE_ELEMENTS // max(1, rows)),
+            "one_gemm_ms": st["one GEMM"].median * 1e3, "tiled_ms": st["tiled"].median * 1e3,
+            "speedup": st["one GEMM"].median / st["tiled"].median,
+            "one_gemm_gmac_s": macs / st["one GEMM"].median / 1e9, "tiled_gmac_s": macs / st["tiled"].median / 1e9,
+            "backward_ms": st["backward"].median * 1e3, "backward_gmac_s": 2 * macs / st["backward"].median / 1e9,
+            "layer_uses": "tiled" if heads.uses_tiled_forward(device.type, rows) else "one GEMM",
+            "spread": max(s.spread for s in st.values())}

@@ -73,20 +73,33 @@ def _scaled_logits(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor) -> torch
     """``(x @ w.T) * inv`` as a contiguous ``[R, K]`` tensor.
 
     On CPU with few rows (a DINOv2 step's few hundred cls + masked-patch rows against 65536 prototypes), MKL's GEMM
-    is slower writing the long-row ``[R, K]`` output than writing ``[K', R]`` (280 x 256 x 65536 on the 2-core CI
-    machine: 74 ms as one GEMM, 62-68 ms tiled, median of 7 interleaved runs; at 1100 rows both take the same).
-    So the prototypes are walked in tiles: each tile's ``w[a:b] @ x.T`` lands in
+    is slower writing the long-row ``[R, K]`` output than writing ``[K', R]``; ``python launchers/benchmark.py
+    prototypes`` times both paths side by side (and shows them equal at ~1100 rows). So the prototypes are walked in tiles: each tile's ``w[a:b] @ x.T`` lands in
     a small cache-resident ``[K', R]`` buffer, and one transposing multiply by ``inv`` stores it into ``y[:, a:b]``
     (the column scaling costs no extra pass over ``y``). Elsewhere: one GEMM and an in-place scaling.
     """
+    if uses_tiled_forward(x.device.type, x.shape[0]):
+        return tiled_scaled_logits(x, w, inv)
+    return one_gemm_scaled_logits(x, w, inv)
+
+
+def uses_tiled_forward(device_type: str, rows: int) -> bool:
+    return device_type == "cpu" and 0 < rows <= TILED_MAX_ROWS
+
+
+def one_gemm_scaled_logits(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    return torch.mm(x, w.t()).mul_(inv)
+
+
+def tiled_scaled_logits(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """The tiled CPU path of :func:`_scaled_logits` (any device; used there for up to ``TILED_MAX_ROWS`` rows)."""
     R, K = x.shape[0], w.shape[0]
-    if x.device.type != "cpu" or R > TILED_MAX_ROWS or R == 0:
-        return torch.mm(x, w.t()).mul_(inv)
     # the dtype autocast would give the GEMM (``out=`` calls are not autocast, so cast the operands once)
-    cdt = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+    dev = x.device.type
+    cdt = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
            else torch.promote_types(x.dtype, w.dtype))
     xt, wc = x.to(cdt).t(), w.to(cdt)
-    tile = max(MIN_TILE, TILE_ELEMENTS // R)
+    tile = max(MIN_TILE, TILE_ELEMENTS // max(1, R))
     y = x.new_empty((R, K), dtype=cdt)
     buf = x.new_empty((min(tile, K), R), dtype=cdt)
     for a in range(0, K, tile):

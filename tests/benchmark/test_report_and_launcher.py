@@ -84,3 +84,15 @@ def test_launcher_compare_smoke(tmp_path):
     assert [r["source"] for r in rows] == ["octo", "timm"]
     assert rows[0]["ratio_fwd"] == pytest.approx(1.0) and rows[1]["ratio_fwd"] > 0
     assert rows[0]["params_M"] == pytest.approx(rows[1]["params_M"], rel=1e-3)
+
+
+def test_launcher_prototypes_smoke(tmp_path):
+    """Both forward paths of the prototype layer are timed side by side; the row count picks the layer's path."""
+    from pretrain.dinov2 import heads
+
+    _launcher().main(["prototypes", "--rows", "8", str(heads.TILED_MAX_ROWS + 1), "--prototypes", "512", "--dim",
+                      "16", "--repeats", "1", "--warmup", "0", "--output-dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "benchmark_prototypes.json").read_text())["tables"][0]["rows"]
+    assert [r["layer_uses"] for r in rows] == ["tiled", "one GEMM"]
+    assert all(r["one_gemm_ms"] > 0 and r["tiled_ms"] > 0 and r["backward_ms"] > 0 for r in rows)
+    assert rows[0]["speedup"] == pytest.approx(rows[0]["one_gemm_ms"] / rows[0]["tiled_ms"])
