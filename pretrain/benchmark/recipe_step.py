@@ -283,7 +283,7 @@ def prototype_forward_timing(rows: int, prototypes: int = 65536, dim: int = 256,
                     "tiled": lambda: heads.tiled_scaled_logits(x, w, inv), "backward": backward}, warmup, repeats)
     macs = rows * prototypes * dim
     return {"rows": rows, "prototypes": prototypes, "dim": dim,
-            "tile": max(heads.MIN_TILE, heads.TILE_ELEMENTS // max(1, rows)),
+            "tile": heads.forward_tile(rows),
             "one_gemm_ms": st["one GEMM"].median * 1e3, "tiled_ms": st["tiled"].median * 1e3,
             "speedup": st["one GEMM"].median / st["tiled"].median,
             "one_gemm_gmac_s": macs / st["one GEMM"].median / 1e9, "tiled_gmac_s": macs / st["tiled"].median / 1e9,

@@ -87,6 +87,11 @@ def uses_tiled_forward(device_type: str, rows: int) -> bool:
     return device_type == "cpu" and 0 < rows <= TILED_MAX_ROWS
 
 
+def forward_tile(rows: int) -> int:
+    """Prototypes per tile of the tiled forward for ``rows`` rows."""
+    return max(MIN_TILE, TILE_ELEMENTS // max(1, rows))
+
+
 def one_gemm_scaled_logits(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     return torch.mm(x, w.t()).mul_(inv)
 
@@ -99,7 +104,7 @@ def tiled_scaled_logits(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor) -> 
     cdt = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
            else torch.promote_types(x.dtype, w.dtype))
     xt, wc = x.to(cdt).t(), w.to(cdt)
-    tile = max(MIN_TILE, TILE_ELEMENTS // max(1, R))
+    tile = forward_tile(R)
     y = x.new_empty((R, K), dtype=cdt)
     buf = x.new_empty((min(tile, K), R), dtype=cdt)
     for a in range(0, K, tile):
